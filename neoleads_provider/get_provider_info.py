@@ -1,0 +1,135 @@
+"""Provider metadata that Airflow discovers through the ``apache_airflow_provider`` entry point.
+
+Kept free of imports beyond the standard library: Airflow calls this in every process at start-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PACKAGE = "neoleads_provider"
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe the provider: its hook, operators, sensor, trigger, connection form, links, config and plugin."""
+    return {
+        "package-name": "airflow-provider-neoleads",
+        "name": "Neoleads",
+        "description": "Drive the Neoleads customer-messaging platform from Airflow: contacts, conversations, "
+        "messages, and verified webhooks that sensors and event-driven DAGs wait on.",
+        "integrations": [
+            {
+                "integration-name": "Neoleads",
+                "external-doc-url": "https://github.com/neoleads/airflow-provider-neoleads/tree/main/docs",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": "Neoleads", "python-modules": [f"{PACKAGE}.hooks.neoleads"]}],
+        "operators": [
+            {
+                "integration-name": "Neoleads",
+                "python-modules": [
+                    f"{PACKAGE}.operators.contacts",
+                    f"{PACKAGE}.operators.conversations",
+                    f"{PACKAGE}.operators.messages",
+                ],
+            }
+        ],
+        "sensors": [{"integration-name": "Neoleads", "python-modules": [f"{PACKAGE}.sensors.webhook"]}],
+        "triggers": [{"integration-name": "Neoleads", "python-modules": [f"{PACKAGE}.triggers.webhook"]}],
+        "connection-types": [
+            {
+                "connection-type": "neoleads",
+                "hook-class-name": f"{PACKAGE}.hooks.neoleads.NeoleadsHook",
+                "hook-name": "Neoleads",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "login", "port", "extra"],
+                    "relabeling": {"host": "Base URL", "password": "API access token"},
+                    "placeholders": {
+                        "host": "https://app.neoleads.com",
+                        "password": "The access token from your Neoleads profile page",
+                        "account_id": "1",
+                        "webhook_secrets": "secret-1, secret-2",
+                    },
+                },
+                "conn-fields": {
+                    "account_id": {
+                        "label": "Account ID",
+                        "description": "The Neoleads account to act in (required): the number in "
+                        "/app/accounts/<id>/ in the web app.",
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                    "timeout": {
+                        "label": "Timeout (seconds)",
+                        "description": "Per-request timeout. Default 30.",
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                    },
+                    "max_retries": {
+                        "label": "Max retries",
+                        "description": "Retries for safe-to-replay failures (connection errors, 502/503/504 on "
+                        "reads). Default 5.",
+                        "schema": {"type": ["integer", "null"], "minimum": 0},
+                    },
+                    "rate_limit_max_wait": {
+                        "label": "Rate-limit wait (seconds)",
+                        "description": "How long to keep backing off on 429 before failing. Default 90.",
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                    },
+                    "web_url": {
+                        "label": "Web app URL",
+                        "description": "Base URL for links to conversations and contacts, when it differs "
+                        "from the API base URL.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "webhook_secrets": {
+                        "label": "Webhook secrets",
+                        "description": "Signing secrets accepted by the webhook receiver, separated by commas "
+                        "(several allow rotation).",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "webhook_header_prefix": {
+                        "label": "Webhook header prefix",
+                        "description": "Prefix of the signature headers. Default X-Chatwoot-.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "webhook_tolerance_seconds": {
+                        "label": "Webhook timestamp tolerance (seconds)",
+                        "description": "Deliveries signed further than this from now are refused. Default 300.",
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
+                    },
+                    "webhook_allow_unsigned": {
+                        "label": "Allow unsigned webhooks",
+                        "description": "For servers older than 4.12, which do not sign. Requires the URL token.",
+                        "schema": {"type": ["boolean", "null"]},
+                    },
+                    "webhook_url_token": {
+                        "label": "Webhook URL token",
+                        "description": "Required with unsigned webhooks: senders must add ?token=<this> to the URL.",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                },
+            }
+        ],
+        "extra-links": [
+            f"{PACKAGE}.operators.links.NeoleadsConversationLink",
+            f"{PACKAGE}.operators.links.NeoleadsContactLink",
+        ],
+        "config": {
+            "neoleads": {
+                "description": "Settings of the Neoleads provider.",
+                "options": {
+                    "events_db_url": {
+                        "description": "SQLAlchemy URL of the webhook event store shared by the receiver, "
+                        "sensors and triggers. Empty means a SQLite file neoleads_events.db in AIRFLOW_HOME; "
+                        "use PostgreSQL when several machines share it.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "postgresql+psycopg://user:pass@db:5432/neoleads",
+                        "default": "",
+                        "sensitive": True,
+                    },
+                },
+            }
+        },
+        "plugins": [{"name": "neoleads", "plugin-class": f"{PACKAGE}.plugins.NeoleadsPlugin"}],
+    }

@@ -1,0 +1,793 @@
+"""The Neoleads hook: the provider's only HTTP client for the Neoleads Application API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import random
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import requests
+import tenacity
+from airflow.sdk import BaseHook
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+from neoleads_provider import __version__
+from neoleads_provider.connection import DEFAULT_CONN_ID, NeoleadsConnectionSettings
+from neoleads_provider.exceptions import (
+    NeoleadsApiError,
+    NeoleadsAuthError,
+    NeoleadsConfigError,
+    NeoleadsError,
+    NeoleadsForbiddenError,
+    NeoleadsNotFoundError,
+    NeoleadsRateLimitError,
+    NeoleadsServerError,
+    NeoleadsTransportError,
+    NeoleadsValidationError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+MESSAGE_TYPES = ("outgoing", "incoming")
+CONVERSATION_STATUSES = ("open", "resolved", "pending", "snoozed")
+WEBHOOK_EVENTS = (
+    "conversation_status_changed",
+    "conversation_updated",
+    "conversation_created",
+    "contact_created",
+    "contact_updated",
+    "message_created",
+    "message_updated",
+    "webwidget_triggered",
+    "inbox_created",
+    "inbox_updated",
+    "conversation_typing_on",
+    "conversation_typing_off",
+)
+MAX_ATTACHMENTS = 15
+# Replaying these can never create a second resource on the server.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+RETRYABLE_STATUS = frozenset({502, 503, 504})
+# The profile response echoes the caller's token; it must never travel further than the hook.
+PROFILE_SECRET_FIELDS = ("access_token", "pubsub_token")
+
+_ERROR_CLASSES: dict[int, type[NeoleadsApiError]] = {
+    401: NeoleadsAuthError,
+    403: NeoleadsForbiddenError,
+    404: NeoleadsNotFoundError,
+    422: NeoleadsValidationError,
+    429: NeoleadsRateLimitError,
+}
+
+
+def _server_message(response: requests.Response) -> tuple[str, list[str], object]:
+    """Pull the human message out of any of the server's error shapes.
+
+    Handled errors carry ``error``, validation errors ``message`` + ``attributes``, devise ``errors``;
+    the 429 body is plain text.
+    """
+    try:
+        body: object = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return (text[:300] or response.reason or "no body"), [], text[:300]
+    attributes: list[str] = []
+    if isinstance(body, dict):
+        if isinstance(body.get("attributes"), list):
+            attributes = [str(item) for item in body["attributes"]]
+        for key in ("message", "error", "errors", "description"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value, attributes, body
+            if isinstance(value, list) and value:
+                return ", ".join(str(item) for item in value), attributes, body
+    return (response.reason or "error"), attributes, body
+
+
+def _retry_after_seconds(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # An HTTP-date: rare enough that our own backoff is good enough.
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True when the request provably never left this machine, so replaying it cannot duplicate anything."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, NewConnectionError | NameResolutionError):
+            return True
+        reason = getattr(cause, "reason", None)
+        cause = (
+            reason
+            if isinstance(reason, BaseException)
+            else (cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else None)
+        )
+    return False
+
+
+class NeoleadsHook(BaseHook):
+    """Talk to the Neoleads Application API with the token and account of an Airflow connection.
+
+    One ``requests.Session`` per hook, with connection pooling. Requests are retried where replaying is safe:
+    429 (after a jittered back-off, or the server's ``Retry-After``), connection failures before the request
+    was sent, and 502/503/504 or timeouts on idempotent requests. A create call that may have reached the
+    server is never replayed blindly.
+
+    :param neoleads_conn_id: the ``neoleads`` connection: host = base URL, password = API access token,
+        extra ``account_id``.
+    :param timeout: seconds per request; overrides the connection's ``timeout``.
+    :param max_retries: retries after the first try; overrides the connection's ``max_retries``.
+    :param backoff_base: first back-off in seconds; later ones double, with jitter.
+    """
+
+    conn_name_attr = "neoleads_conn_id"
+    default_conn_name = DEFAULT_CONN_ID
+    conn_type = "neoleads"
+    hook_name = "Neoleads"
+
+    def __init__(
+        self,
+        neoleads_conn_id: str = DEFAULT_CONN_ID,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        super().__init__()
+        self.neoleads_conn_id = neoleads_conn_id
+        self._timeout = timeout
+        self._max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(neoleads_conn_id={self.neoleads_conn_id!r})"
+
+    # ------------------------------------------------------------------ configuration
+
+    @cached_property
+    def settings(self) -> NeoleadsConnectionSettings:
+        """The connection's fields, validated once."""
+        return NeoleadsConnectionSettings.from_connection(self.get_connection(self.neoleads_conn_id))
+
+    @property
+    def account_id(self) -> int:
+        return self.settings.account_id
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout if self._timeout is not None else self.settings.timeout
+
+    @property
+    def max_retries(self) -> int:
+        return self._max_retries if self._max_retries is not None else self.settings.max_retries
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """The one session this hook uses, configured once."""
+        session = requests.Session()
+        session.headers.update(
+            {
+                "api_access_token": self.settings.api_token,
+                "Accept": "application/json",
+                "User-Agent": f"airflow-provider-neoleads/{__version__}",
+            }
+        )
+        # Retries are ours (they need to know the method and the status); the adapter only pools.
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def get_conn(self) -> requests.Session:
+        """Return the configured ``requests.Session``."""
+        return self.session
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        if "session" in self.__dict__:
+            self.session.close()
+            del self.__dict__["session"]
+
+    def __enter__(self) -> NeoleadsHook:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def url_for(self, path: str) -> str:
+        """Absolute URL for ``path``: account-scoped unless it starts with ``/``."""
+        if not path.startswith("/"):
+            path = f"/api/v1/accounts/{self.account_id}/{path}"
+        return self.settings.base_url + path
+
+    # ------------------------------------------------------------------ transport
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        data: Any = None,
+        files: Sequence[tuple[str, tuple[str, bytes, str]]] | None = None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """Send one API request and return the parsed JSON body (None when the body is empty).
+
+        Use it for endpoints that have no method of their own yet.
+
+        :param path: relative to ``/api/v1/accounts/{account_id}/``, or absolute from the host when it starts with ``/``.
+        :param idempotent: whether replaying after an unseen answer is harmless; by default true for
+            GET, HEAD, OPTIONS, PUT and DELETE.
+        :raises NeoleadsApiError: a subclass for each status class, naming method, path and the server's message.
+        :raises NeoleadsTransportError: the request failed below HTTP.
+        """
+        method = method.upper()
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        display_path = path if path.startswith("/") else f"/api/v1/accounts/{self.account_id}/{path}"
+        rate_limited_since: list[float] = []
+
+        def should_retry(exc: BaseException) -> bool:
+            if isinstance(exc, NeoleadsRateLimitError):
+                # Throttled requests were not processed: safe to replay whatever the method.
+                rate_limited_since.append(time.monotonic())
+                return True
+            if isinstance(exc, NeoleadsTransportError):
+                return idempotent or not exc.maybe_delivered
+            if isinstance(exc, NeoleadsServerError):
+                return idempotent and exc.status_code in RETRYABLE_STATUS
+            return False
+
+        def stop(retry_state: tenacity.RetryCallState) -> bool:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            if isinstance(exc, NeoleadsRateLimitError):
+                waited = time.monotonic() - rate_limited_since[0] if rate_limited_since else 0.0
+                return waited >= self.settings.rate_limit_max_wait
+            return retry_state.attempt_number > self.max_retries
+
+        def wait(retry_state: tenacity.RetryCallState) -> float:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            if isinstance(exc, NeoleadsRateLimitError) and exc.retry_after is not None:
+                return min(exc.retry_after, self.settings.rate_limit_max_wait)
+            # Full jitter: parallel tasks throttled together must not come back together.
+            ceiling = min(self.backoff_max, self.backoff_base * 2 ** (retry_state.attempt_number - 1))
+            return random.uniform(ceiling / 2, ceiling)
+
+        def before_sleep(retry_state: tenacity.RetryCallState) -> None:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            sleep = retry_state.next_action.sleep if retry_state.next_action else 0.0
+            log.warning("Retrying %s %s in %.2f s after: %s", method, display_path, sleep, exc)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(should_retry),
+            stop=stop,
+            wait=wait,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(
+            self._send_once, method, path, display_path, json=json, params=params, data=data, files=files
+        )
+
+    def _send_once(
+        self,
+        method: str,
+        path: str,
+        display_path: str,
+        *,
+        json: Any,
+        params: Mapping[str, Any] | None,
+        data: Any,
+        files: Any,
+    ) -> Any:
+        started = time.monotonic()
+        try:
+            response = self.session.request(
+                method,
+                self.url_for(path),
+                json=json,
+                params=params,
+                data=data,
+                files=files,
+                timeout=(min(10.0, self.timeout), self.timeout),
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            # str(exc) from requests holds the URL and the socket error, never the headers.
+            raise NeoleadsTransportError(
+                method,
+                display_path,
+                type(exc).__name__ + ": " + str(exc),
+                maybe_delivered=not _never_sent(exc),
+            ) from None
+        log.debug(
+            "%s %s -> %s in %.3f s", method, display_path, response.status_code, time.monotonic() - started
+        )
+        if response.status_code >= 400:
+            raise self._error_for(method, display_path, response)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise NeoleadsApiError(
+                method, display_path, response.status_code, "the server answered with a body that is not JSON"
+            ) from None
+
+    @staticmethod
+    def _error_for(method: str, path: str, response: requests.Response) -> NeoleadsApiError:
+        message, attributes, body = _server_message(response)
+        status = response.status_code
+        if status == 422:
+            return NeoleadsValidationError(method, path, status, message, body=body, attributes=attributes)
+        if status == 429:
+            return NeoleadsRateLimitError(
+                method, path, status, message, body=body, retry_after=_retry_after_seconds(response)
+            )
+        if status >= 500:
+            return NeoleadsServerError(method, path, status, message, body=body)
+        return _ERROR_CLASSES.get(status, NeoleadsApiError)(method, path, status, message, body=body)
+
+    # ------------------------------------------------------------------ profile and connection test
+
+    def get_profile(self) -> dict[str, Any]:
+        """The token's user profile (``GET /api/v1/profile``), without the echoed token."""
+        profile = dict(self.request("GET", "/api/v1/profile"))
+        for secret_field in PROFILE_SECRET_FIELDS:
+            profile.pop(secret_field, None)
+        return profile
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the token and the account; report the user's role. Never raises."""
+        try:
+            profile = self.get_profile()
+            accounts = {account.get("id"): account for account in profile.get("accounts") or []}
+            account = accounts.get(self.account_id)
+            if account is None:
+                known = ", ".join(str(account_id) for account_id in sorted(accounts, key=str)) or "none"
+                return False, (
+                    f"The token works, but account {self.account_id} is not one of its accounts (it has: {known}). "
+                    "Fix the connection's account_id."
+                )
+            role = account.get("role") or profile.get("role") or "unknown"
+            note = "" if role == "administrator" else " (webhook setup needs an administrator token)"
+            return True, (
+                f"Connected as {profile.get('name')!r} to account {self.account_id} "
+                f"({account.get('name')!r}) with role {role}{note}"
+            )
+        except NeoleadsAuthError as exc:
+            return False, f"The API access token was refused: {exc.server_message}"
+        except NeoleadsError as exc:
+            return False, str(exc)
+
+    # ------------------------------------------------------------------ inboxes
+
+    def list_inboxes(self) -> list[dict[str, Any]]:
+        """All inboxes the token can see. API inboxes have ``channel_type == "Channel::Api"``."""
+        return list(self.request("GET", "inboxes")["payload"])
+
+    def get_inbox(self, inbox_id: int) -> dict[str, Any]:
+        """One inbox."""
+        return dict(self.request("GET", f"inboxes/{int(inbox_id)}"))
+
+    # ------------------------------------------------------------------ contacts
+
+    def create_contact(
+        self,
+        *,
+        name: str | None = None,
+        email: str | None = None,
+        phone_number: str | None = None,
+        identifier: str | None = None,
+        inbox_id: int | None = None,
+        source_id: str | None = None,
+        custom_attributes: Mapping[str, Any] | None = None,
+        additional_attributes: Mapping[str, Any] | None = None,
+        avatar_url: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a contact (``POST /contacts``); with ``inbox_id`` also its contact inbox.
+
+        :return: ``{"contact": {...}, "contact_inbox": {"inbox": ..., "source_id": ...}}``.
+        :raises NeoleadsValidationError: e.g. "Email has already been taken" (``attributes`` names the fields).
+        """
+        body = _without_none(
+            name=name,
+            email=email,
+            phone_number=phone_number,
+            identifier=identifier,
+            inbox_id=inbox_id,
+            source_id=source_id,
+            custom_attributes=dict(custom_attributes) if custom_attributes else None,
+            additional_attributes=dict(additional_attributes) if additional_attributes else None,
+            avatar_url=avatar_url,
+        )
+        return dict(self.request("POST", "contacts", json=body)["payload"])
+
+    def get_contact(self, contact_id: int) -> dict[str, Any]:
+        """One contact, with its ``contact_inboxes``."""
+        return dict(self.request("GET", f"contacts/{int(contact_id)}")["payload"])
+
+    def update_contact(self, contact_id: int, **fields: Any) -> dict[str, Any]:
+        """Update a contact; custom and additional attributes are merged by the server."""
+        return dict(
+            self.request("PATCH", f"contacts/{int(contact_id)}", json=_without_none(**fields))["payload"]
+        )
+
+    def find_contact(
+        self,
+        *,
+        identifier: str | None = None,
+        email: str | None = None,
+        phone_number: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Find a contact by exact identifier, email or phone (``POST /contacts/filter``).
+
+        When several contacts match different keys, the identifier wins, then the email, then the phone,
+        as the server itself does when it finds or creates contacts for the Client API.
+        """
+        keys = [("identifier", identifier), ("email", email), ("phone_number", phone_number)]
+        conditions = [(key, str(value)) for key, value in keys if value not in (None, "")]
+        if not conditions:
+            raise NeoleadsConfigError("find_contact needs at least one of identifier, email or phone_number")
+        payload = [
+            {
+                "attribute_key": key,
+                "filter_operator": "equal_to",
+                "values": [value],
+                "query_operator": "OR" if index < len(conditions) - 1 else None,
+            }
+            for index, (key, value) in enumerate(conditions)
+        ]
+        candidates = list(
+            self.request("POST", "contacts/filter", json={"payload": payload}, idempotent=True)["payload"]
+        )
+        for key, value in conditions:
+            for contact in candidates:
+                if _same_contact_key(key, contact.get(key), value):
+                    return dict(contact)
+        return None
+
+    def create_contact_inbox(
+        self, contact_id: int, inbox_id: int, source_id: str | None = None
+    ) -> dict[str, Any]:
+        """Give a contact an inbox (``POST /contacts/{id}/contact_inboxes``); returns ``{"source_id", "inbox"}``.
+
+        Replayed only with an explicit ``source_id``, which makes the server's create idempotent.
+        """
+        body = _without_none(inbox_id=int(inbox_id), source_id=source_id)
+        return dict(
+            self.request(
+                "POST",
+                f"contacts/{int(contact_id)}/contact_inboxes",
+                json=body,
+                idempotent=source_id is not None,
+            )
+        )
+
+    def get_or_create_contact(
+        self,
+        *,
+        name: str | None = None,
+        email: str | None = None,
+        phone_number: str | None = None,
+        identifier: str | None = None,
+        inbox_id: int | None = None,
+        custom_attributes: Mapping[str, Any] | None = None,
+        additional_attributes: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Reuse the contact with the same identifier, email or phone, or create it.
+
+        A create that may have reached the server (timeout, 5xx) is reconciled by looking the contact up
+        before anything is sent again, so it never leaves a duplicate.
+
+        :return: ``{"contact": {...}, "source_id": str | None, "inbox_id": int | None, "created": bool}``;
+            ``source_id`` is the contact's in ``inbox_id`` (created there when missing).
+        """
+        lookup = {"identifier": identifier, "email": email, "phone_number": phone_number}
+        can_reconcile = any(value not in (None, "") for value in lookup.values())
+        fields = {
+            "name": name,
+            "custom_attributes": custom_attributes,
+            "additional_attributes": additional_attributes,
+            "inbox_id": inbox_id,
+            **lookup,
+        }
+        contact: dict[str, Any] | None = None
+        try:
+            created = self.create_contact(**fields)
+            contact = created["contact"]
+            source_id = (created.get("contact_inbox") or {}).get("source_id")
+            return {
+                "contact": contact,
+                "source_id": source_id if inbox_id else None,
+                "inbox_id": inbox_id,
+                "created": True,
+            }
+        except NeoleadsValidationError as exc:
+            if not can_reconcile or not exc.server_message or "already been taken" not in exc.server_message:
+                raise
+            log.info("A contact with the same %s exists; reusing it", ", ".join(exc.attributes) or "key")
+        except (NeoleadsTransportError, NeoleadsServerError) as exc:
+            if not can_reconcile or (isinstance(exc, NeoleadsTransportError) and not exc.maybe_delivered):
+                raise
+            log.warning("Creating the contact may or may not have succeeded (%s); looking it up first", exc)
+
+        contact = self.find_contact(**lookup)
+        was_created = False
+        if contact is None:
+            # The earlier create did not land: it is now safe to send it again, once.
+            created = self.create_contact(**fields)
+            contact, was_created = created["contact"], True
+            if inbox_id:
+                return {
+                    "contact": contact,
+                    "source_id": (created.get("contact_inbox") or {}).get("source_id"),
+                    "inbox_id": inbox_id,
+                    "created": True,
+                }
+        source_id = self.ensure_contact_inbox(contact, inbox_id) if inbox_id else None
+        return {"contact": contact, "source_id": source_id, "inbox_id": inbox_id, "created": was_created}
+
+    def ensure_contact_inbox(self, contact: Mapping[str, Any], inbox_id: int) -> str:
+        """The contact's ``source_id`` in ``inbox_id``, creating the contact inbox only when it has none."""
+        contact_inboxes = contact.get("contact_inboxes")
+        if contact_inboxes is None:
+            contact_inboxes = self.get_contact(contact["id"]).get("contact_inboxes") or []
+        for contact_inbox in contact_inboxes:
+            if (contact_inbox.get("inbox") or {}).get("id") == int(inbox_id) and contact_inbox.get(
+                "source_id"
+            ):
+                return str(contact_inbox["source_id"])
+        try:
+            return str(self.create_contact_inbox(contact["id"], inbox_id)["source_id"])
+        except (NeoleadsTransportError, NeoleadsServerError):
+            # It may have been created; the contact's inboxes say for sure.
+            for contact_inbox in self.get_contact(contact["id"]).get("contact_inboxes") or []:
+                if (contact_inbox.get("inbox") or {}).get("id") == int(inbox_id):
+                    return str(contact_inbox["source_id"])
+            raise
+
+    # ------------------------------------------------------------------ conversations
+
+    def create_conversation(
+        self,
+        *,
+        source_id: str | None = None,
+        inbox_id: int | None = None,
+        contact_id: int | None = None,
+        status: str | None = None,
+        assignee_id: int | None = None,
+        team_id: int | None = None,
+        custom_attributes: Mapping[str, Any] | None = None,
+        additional_attributes: Mapping[str, Any] | None = None,
+        message: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Open a conversation (``POST /conversations``) from a ``source_id``, or from ``inbox_id`` + ``contact_id``.
+
+        :return: the conversation; its ``id`` is the display id used in every path.
+        """
+        if not source_id and not (inbox_id and contact_id):
+            raise NeoleadsConfigError("create_conversation needs source_id, or both inbox_id and contact_id")
+        if status is not None and status not in CONVERSATION_STATUSES:
+            raise NeoleadsConfigError(
+                f"status must be one of {', '.join(CONVERSATION_STATUSES)}; got {status!r}"
+            )
+        body = _without_none(
+            source_id=source_id,
+            inbox_id=inbox_id,
+            contact_id=contact_id,
+            status=status,
+            assignee_id=assignee_id,
+            team_id=team_id,
+            custom_attributes=dict(custom_attributes) if custom_attributes else None,
+            additional_attributes=dict(additional_attributes) if additional_attributes else None,
+            message=dict(message) if message else None,
+        )
+        return dict(self.request("POST", "conversations", json=body))
+
+    def get_conversation(self, conversation_id: int) -> dict[str, Any]:
+        """One conversation, by display id."""
+        return dict(self.request("GET", f"conversations/{int(conversation_id)}"))
+
+    def toggle_status(
+        self, conversation_id: int, status: str | None = None, *, snoozed_until: int | None = None
+    ) -> dict[str, Any]:
+        """Set (or, without ``status``, toggle) a conversation's status.
+
+        :return: ``{"success", "conversation_id", "current_status", "snoozed_until"}``.
+        """
+        if status is not None and status not in CONVERSATION_STATUSES:
+            raise NeoleadsConfigError(
+                f"status must be one of {', '.join(CONVERSATION_STATUSES)}; got {status!r}"
+            )
+        body = _without_none(status=status, snoozed_until=snoozed_until)
+        # Setting an explicit status twice has the same effect as once; a bare toggle does not.
+        return dict(
+            self.request(
+                "POST",
+                f"conversations/{int(conversation_id)}/toggle_status",
+                json=body,
+                idempotent=status is not None,
+            )["payload"]
+        )
+
+    # ------------------------------------------------------------------ messages
+
+    def send_message(
+        self,
+        conversation_id: int,
+        content: str | None = None,
+        *,
+        message_type: str = "outgoing",
+        private: bool = False,
+        content_type: str | None = None,
+        content_attributes: Mapping[str, Any] | None = None,
+        template_params: Mapping[str, Any] | None = None,
+        attachments: Iterable[str | Path] | None = None,
+        source_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Post a message into a conversation; files in ``attachments`` go as multipart.
+
+        :param message_type: ``outgoing`` (from the agent) or ``incoming`` (from the contact; API inboxes only).
+        :param source_id: an external id stored on the message, used to recognise it later.
+        :return: the message; in REST responses ``message_type`` is an integer (0 incoming, 1 outgoing).
+        """
+        if message_type not in MESSAGE_TYPES:
+            raise NeoleadsConfigError(f"message_type must be 'outgoing' or 'incoming'; got {message_type!r}")
+        files = _read_attachments(attachments or ())
+        if not content and not files and not template_params:
+            raise NeoleadsConfigError("send_message needs content, attachments or template_params")
+        path = f"conversations/{int(conversation_id)}/messages"
+        fields = _without_none(
+            content=content,
+            message_type=message_type,
+            private=bool(private),
+            content_type=content_type,
+            content_attributes=dict(content_attributes) if content_attributes else None,
+            template_params=dict(template_params) if template_params else None,
+            source_id=source_id,
+        )
+        if not files:
+            return dict(self.request("POST", path, json=fields))
+        return dict(self.request("POST", path, data=_form_fields(fields), files=files))
+
+    def list_messages(
+        self, conversation_id: int, *, after: int | None = None, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Messages of a conversation, oldest first.
+
+        With no cursor: the latest 20; ``before=id``: the 20 before it; ``after=id``: up to 100 after it;
+        both: up to 1000 between them.
+        """
+        params = _without_none(after=after, before=before)
+        return list(
+            self.request("GET", f"conversations/{int(conversation_id)}/messages", params=params)["payload"]
+        )
+
+    def find_message_by_source_id(
+        self, conversation_id: int, source_id: str, *, max_pages: int = 5
+    ) -> dict[str, Any] | None:
+        """The most recent message carrying ``source_id``, looking back at most ``max_pages`` pages of 20."""
+        before: int | None = None
+        for _ in range(max_pages):
+            page = self.list_messages(conversation_id, before=before)
+            for message in reversed(page):
+                if message.get("source_id") == source_id:
+                    return message
+            if len(page) < 20:
+                return None
+            before = min(int(message["id"]) for message in page)
+        return None
+
+    # ------------------------------------------------------------------ account webhooks
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        """The account's webhooks (administrator token), each with its signing ``secret``."""
+        return list(self.request("GET", "webhooks")["payload"]["webhooks"])
+
+    def create_webhook(
+        self, url: str, subscriptions: Sequence[str], *, name: str | None = None
+    ) -> dict[str, Any]:
+        """Create an account webhook; the response carries the server-generated signing ``secret``."""
+        body = _without_none(url=url, subscriptions=_checked_events(subscriptions), name=name)
+        return dict(self.request("POST", "webhooks", json=body)["payload"]["webhook"])
+
+    def update_webhook(
+        self,
+        webhook_id: int,
+        *,
+        url: str | None = None,
+        subscriptions: Sequence[str] | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """Change an account webhook's URL, events or name."""
+        body = _without_none(
+            url=url,
+            subscriptions=_checked_events(subscriptions) if subscriptions is not None else None,
+            name=name,
+        )
+        return dict(
+            self.request("PATCH", f"webhooks/{int(webhook_id)}", json=body, idempotent=True)["payload"][
+                "webhook"
+            ]
+        )
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        """Delete an account webhook."""
+        self.request("DELETE", f"webhooks/{int(webhook_id)}")
+
+
+def _without_none(**fields: Any) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def _same_contact_key(key: str, found: Any, wanted: str) -> bool:
+    if found in (None, ""):
+        return False
+    if key == "email":
+        return str(found).lower() == wanted.lower()
+    if key == "phone_number":
+        return "+" + str(found).replace("+", "") == "+" + wanted.replace("+", "")
+    return str(found) == wanted
+
+
+def _checked_events(events: Sequence[str]) -> list[str]:
+    events = [events] if isinstance(events, str) else list(events)
+    unknown = [event for event in events if event not in WEBHOOK_EVENTS]
+    if not events or unknown:
+        raise NeoleadsConfigError(
+            f"subscriptions must be a non-empty list drawn from {', '.join(WEBHOOK_EVENTS)}; unknown: {unknown}"
+        )
+    return events
+
+
+def _read_attachments(paths: Iterable[str | Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    # Read into memory so a throttled request can be sent again with the same bytes.
+    files = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise NeoleadsConfigError(f"attachment {str(raw)!r} is not a readable file")
+        mimetype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        files.append(("attachments[]", (path.name, path.read_bytes(), mimetype)))
+    if len(files) > MAX_ATTACHMENTS:
+        raise NeoleadsConfigError(f"at most {MAX_ATTACHMENTS} attachments per message; got {len(files)}")
+    return files
+
+
+def _form_fields(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Flatten a JSON body into the Rails-style form fields a multipart request carries."""
+    form: list[tuple[str, str]] = []
+    for key, value in fields.items():
+        if key == "content_attributes":
+            # The server accepts content_attributes as a JSON string, which keeps nested values intact.
+            form.append((key, json.dumps(value)))
+        elif isinstance(value, dict):
+            form.extend(
+                (f"{key}[{sub}]", json.dumps(v) if isinstance(v, dict | list) else str(v))
+                for sub, v in value.items()
+            )
+        elif isinstance(value, bool):
+            form.append((key, "true" if value else "false"))
+        else:
+            form.append((key, str(value)))
+    return form

@@ -1,0 +1,59 @@
+"""The stored event as the rest of the provider sees it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from sqlalchemy import Row
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One stored webhook delivery."""
+
+    id: int
+    delivery_id: str
+    conn_id: str
+    event: str
+    account_id: int | None
+    inbox_id: int | None
+    conversation_id: int | None
+    message_id: int | None
+    contact_id: int | None
+    message_type: str | None
+    private: bool | None
+    sender_type: str | None
+    received_at: datetime
+    body: str
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> StoredEvent:
+        return cls(**row._asdict())
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The delivery's JSON body, parsed."""
+        return json.loads(self.body)
+
+    def to_xcom(self) -> dict[str, Any]:
+        """A JSON-safe summary plus the full payload, as sensors and triggers hand it to the DAG."""
+        return {
+            "event_id": self.id,
+            "delivery_id": self.delivery_id,
+            "event": self.event,
+            "account_id": self.account_id,
+            "inbox_id": self.inbox_id,
+            "conversation_id": self.conversation_id,
+            "message_id": self.message_id,
+            "contact_id": self.contact_id,
+            "message_type": self.message_type,
+            "private": self.private,
+            "sender_type": self.sender_type,
+            "received_at": self.received_at.isoformat(),
+            "payload": self.payload,
+        }

@@ -1,0 +1,69 @@
+"""The event store's one table: a row per webhook delivery.
+
+The indexed columns are copied out of the payload at receive time so that a sensor's query never has to
+parse JSON: waiting on a conversation is an index range scan whatever the table's size.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+# Stable constraint and index names, so migrations can refer to them on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY, so BigInteger becomes Integer there.
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+webhook_events = Table(
+    "neoleads_webhook_event",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    # X-Chatwoot-Delivery, or a digest of the body for servers that send none.
+    Column("delivery_id", String(128), nullable=False, unique=True),
+    Column("conn_id", String(250), nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("account_id", BigInteger),
+    Column("inbox_id", BigInteger),
+    # The conversation's display id: the id used in API paths and in webhook payloads.
+    Column("conversation_id", BigInteger),
+    Column("message_id", BigInteger),
+    Column("contact_id", BigInteger),
+    Column("message_type", String(16)),
+    Column("private", Boolean),
+    Column("sender_type", String(32)),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("body", Text, nullable=False),
+    # A sensor waits on one conversation of one account for events newer than a watermark.
+    Index(None, "account_id", "conversation_id", "event", "id"),
+    # Event-driven DAGs follow a whole inbox (or account) forward from a cursor.
+    Index(None, "account_id", "inbox_id", "event", "id"),
+    # Retention deletes by age.
+    Index(None, "received_at"),
+)
+
+schema_versions = Table(
+    "neoleads_schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
