@@ -1,0 +1,13 @@
+"""Neoleads operators."""
+
+from __future__ import annotations
+
+from neoleads_provider.operators.contacts import NeoleadsCreateContactOperator
+from neoleads_provider.operators.conversations import NeoleadsCreateConversationOperator
+from neoleads_provider.operators.messages import NeoleadsSendMessageOperator
+
+__all__ = [
+    "NeoleadsCreateContactOperator",
+    "NeoleadsCreateConversationOperator",
+    "NeoleadsSendMessageOperator",
+]

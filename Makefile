@@ -1,0 +1,30 @@
+# The two commands a new user needs: `make demo` (the whole flow against the sandbox) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+venv: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+
+# Runs neoleads_send_message and neoleads_wait_for_reply with `airflow dags test` against the built-in
+# sandbox and the standalone webhook receiver, then prints the ids each step produced.
+demo: venv
+	$(BIN)/python scripts/demo.py
+
+test: venv
+	$(BIN)/ruff check neoleads_provider dags tests benchmarks scripts
+	$(BIN)/ruff format --check neoleads_provider dags tests benchmarks scripts
+	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check neoleads_provider dags tests benchmarks scripts
+	$(BIN)/ruff format --check neoleads_provider dags tests benchmarks scripts
+
+clean:
+	rm -rf $(VENV) .demo build dist *.egg-info

@@ -1,0 +1,61 @@
+"""What every Neoleads operator shares: the connection argument, the hook, id casting."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from neoleads_provider.connection import DEFAULT_CONN_ID
+from neoleads_provider.exceptions import NeoleadsConfigError
+from neoleads_provider.hooks.neoleads import NeoleadsHook
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+def as_id(name: str, value: Any, *, required: bool = True) -> int | None:
+    """Cast a rendered id to ``int``: templates render to strings, XCom may give ints.
+
+    :raises NeoleadsConfigError: naming the argument and what it got.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise NeoleadsConfigError(f"{name} is required (a positive integer id)")
+        return None
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        number = int(str(value).strip()) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise NeoleadsConfigError(f"{name} must be a positive integer id; got {value!r}") from None
+    if number < 1:
+        raise NeoleadsConfigError(f"{name} must be a positive integer id; got {number}")
+    return number
+
+
+class NeoleadsBaseOperator(BaseOperator):
+    """Base for operators that make one call through :class:`NeoleadsHook`.
+
+    Results are small dicts and ``multiple_outputs`` defaults to True, so ``task.output["key"]``
+    feeds the next operator directly.
+
+    :param neoleads_conn_id: the ``neoleads`` connection. (templated)
+    """
+
+    template_fields: tuple[str, ...] = ("neoleads_conn_id",)
+    ui_color = "#1f93ff"
+
+    def __init__(self, *, neoleads_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
+        kwargs.setdefault("multiple_outputs", True)
+        super().__init__(**kwargs)
+        self.neoleads_conn_id = neoleads_conn_id
+
+    @cached_property
+    def hook(self) -> NeoleadsHook:
+        return NeoleadsHook(neoleads_conn_id=self.neoleads_conn_id)
+
+    def push_link(self, context: Context, key: str, url: str) -> None:
+        """Record a web-app URL for the task's extra link."""
+        context["ti"].xcom_push(key=key, value=url)
