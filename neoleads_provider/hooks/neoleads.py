@@ -429,7 +429,7 @@ class NeoleadsHook(BaseHook):
     def update_contact(self, contact_id: int, **fields: Any) -> dict[str, Any]:
         """Update a contact; custom and additional attributes are merged by the server."""
         return dict(
-            self.request("PATCH", f"contacts/{int(contact_id)}", json=_without_none(**fields))["payload"]
+            self.request("PUT", f"contacts/{int(contact_id)}", json=_without_none(**fields))["payload"]
         )
 
     def find_contact(
