@@ -72,3 +72,69 @@ def test_templated_ids_and_first_message(migrated_db, neoleads_sandbox):
     assert conversation.status == "pending"
     messages = sorted(neoleads_sandbox.state.messages.values(), key=lambda m: m.id)
     assert [(m.content, m.private) for m in messages] == [("first message", False), ("note for agents", True)]
+
+
+@pytest.fixture
+def receiver_url():
+    """The standalone webhook receiver, served by uvicorn on a free loopback port in this process."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from neoleads_provider.store.engine import get_engine
+    from neoleads_provider.store.migrate import migrate
+    from neoleads_provider.webhooks.server import create_server_app
+
+    migrate(get_engine())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_server_app(), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        thread.join(0.05)
+    yield f"http://127.0.0.1:{port}/neoleads/webhooks/neoleads_default"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_wait_for_reply_dag_end_to_end(migrated_db, neoleads_sandbox, receiver_url, monkeypatch):
+    """The sandbox's signed webhook reaches the receiver, is stored, and ends the deferred sensor."""
+    secret = "e2e-webhook-secret-0123456789"
+    # The receiver in this process resolves the same connection the DAG run uses.
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_NEOLEADS_DEFAULT",
+        neoleads_sandbox.connection_env("neoleads_default", webhook_secrets=[secret])[
+            "AIRFLOW_CONN_NEOLEADS_DEFAULT"
+        ],
+    )
+    neoleads_sandbox.add_webhook(receiver_url, secret=secret)
+    neoleads_sandbox.set_auto_reply("yes, next Tuesday works", delay=1.0)
+
+    output = dags_test(
+        "neoleads_wait_for_reply",
+        neoleads_sandbox,
+        dags_folder=REPO / "dags",
+        conf={"email": "e2e@example.com"},
+        webhook_secrets=[secret],
+    )
+
+    line = next(line for line in output.splitlines() if "NEOLEADS REPLY" in line)
+    assert "yes, next Tuesday works" in line
+    assert "deferred" in output.lower() or "running trigger in line" in output.lower()
+    messages = sorted(neoleads_sandbox.state.messages.values(), key=lambda m: m.id)
+    # The sandbox's contact auto-replies to the DAG's final answer too, hence a fourth message.
+    assert [(m.message_type, m.content) for m in messages][:3] == [
+        (1, "Would you like a demo next week? Reply yes or no."),
+        (0, "yes, next Tuesday works"),
+        (1, "Great, our team will send you an invitation today."),
+    ]
+    assert secret not in output
+    neoleads_sandbox.wait_for_deliveries(timeout=10)
+    assert all(delivery.get("status_code") == 200 for delivery in neoleads_sandbox.deliveries), (
+        neoleads_sandbox.deliveries
+    )

@@ -1,0 +1,347 @@
+"""Wait for a Neoleads webhook event, typically the customer's reply in a conversation the DAG wrote to.
+
+The sensor reads the provider's event store, where the webhook receiver keeps every verified delivery,
+so a reply that arrived before the sensor started is found as well as one that arrives later. Pass the id
+of the message the DAG sent as ``after_message_id``: only later messages count, and the echo of the
+DAG's own message is never taken for the reply (by default only incoming, non-private messages match).
+
+Neoleads does not retry a webhook it failed to deliver; ``poll_api=True`` also reads the conversation's
+messages through the API, so a lost delivery does not leave the sensor waiting until its timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+
+from neoleads_provider.connection import DEFAULT_CONN_ID
+from neoleads_provider.exceptions import NeoleadsConfigError, NeoleadsError
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from neoleads_provider.hooks.neoleads import NeoleadsHook
+    from neoleads_provider.store.matching import EventFilter
+
+__all__ = ["NeoleadsWebhookSensor"]
+
+
+def _is_template(value: Any) -> bool:
+    """Whether a constructor argument will only be known after rendering (Jinja text or an XComArg)."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    return hasattr(value, "resolve") or type(value).__name__ in ("XComArg", "PlainXComArg", "MapXComArg")
+
+
+def _as_int(name: str, value: Any, *, required: bool, minimum: int) -> int | None:
+    """Cast a rendered id: templates render to text, XCom gives ints."""
+    if value is None:
+        if required:
+            raise NeoleadsConfigError(f"{name} is required: a whole number")
+        return None
+    text = value.strip() if isinstance(value, str) else None
+    if text == "" or text == "None":
+        # Jinja renders a missing XCom as "None": waiting without the intended bound would be wrong.
+        raise NeoleadsConfigError(
+            f"{name} rendered to {value!r}: the value it was templated from is missing (e.g. no such XCom)"
+        )
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        number = int(text) if text is not None else int(value)
+    except (TypeError, ValueError):
+        raise NeoleadsConfigError(f"{name} must be a whole number, got {value!r}") from None
+    if number < minimum:
+        raise NeoleadsConfigError(f"{name} must be >= {minimum}, got {number}")
+    return number
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", ""):
+        return False
+    raise NeoleadsConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _as_names(name: str, value: Any) -> tuple[str, ...] | None:
+    """A string, a comma-separated string or a sequence of strings; None stays None ("any")."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items: list[Any] = value.split(",")
+    elif isinstance(value, Sequence | set | frozenset):
+        items = list(value)
+    else:
+        raise NeoleadsConfigError(f"{name} must be a string or a list of strings, got {value!r}")
+    if not all(isinstance(item, str) for item in items):
+        raise NeoleadsConfigError(f"{name} must hold strings, got {value!r}")
+    names = tuple(item.strip() for item in items if item.strip())
+    if not names:
+        raise NeoleadsConfigError(f"{name} must name at least one value (or be None for any), got {value!r}")
+    return names
+
+
+class NeoleadsWebhookSensor(BaseSensorOperator):
+    """Wait for a stored Neoleads webhook event on one conversation, e.g. the customer's reply.
+
+    Returns (as XCom) the matched event: the stored event's columns, ``payload`` (the webhook body) and
+    ``source`` (``"webhook"``, or ``"api"`` for a message found by ``poll_api``).
+
+    :param conversation_id: the conversation's display id. (templated)
+    :param events: webhook event names to wait for. (templated)
+    :param message_type: ``incoming`` (default: the customer), ``outgoing``, ``template``, a list, or
+        None for any. (templated)
+    :param include_private: whether private notes match. (templated)
+    :param content_pattern: a Python regular expression the message content must contain (``re.search``). (templated)
+    :param sender_type: ``contact``, ``user``, ``agent_bot``, a list, or None for any. (templated)
+    :param after_message_id: only messages with a greater id match: the id of the message the DAG sent,
+        e.g. ``send.output["message_id"]``. (templated)
+    :param inbox_id: only events of this inbox. (templated)
+    :param neoleads_conn_id: the ``neoleads`` connection; its ``account_id`` scopes the wait, so display
+        ids of other accounts never match. (templated)
+    :param events_db_url: the event store's SQLAlchemy URL; default ``[neoleads] events_db_url``. (templated)
+    :param poll_api: also look for the message through the API (``message_created`` only), in case its
+        webhook was lost. (templated)
+    :param deferrable: wait in the triggerer instead of a worker slot.
+    :param trigger_poll_interval: seconds between the trigger's store looks when deferred (a cheap
+        indexed query); ``poke_interval`` applies in poke and reschedule modes.
+    :param trigger_api_poll_interval: seconds between the trigger's API looks when deferred with ``poll_api``.
+    """
+
+    template_fields: Sequence[str] = (
+        "conversation_id",
+        "events",
+        "message_type",
+        "include_private",
+        "content_pattern",
+        "sender_type",
+        "after_message_id",
+        "inbox_id",
+        "neoleads_conn_id",
+        "events_db_url",
+        "poll_api",
+    )
+    ui_color = "#1f93ff"
+
+    def __init__(
+        self,
+        *,
+        conversation_id: int | str,
+        events: str | Sequence[str] = ("message_created",),
+        message_type: str | Sequence[str] | None = "incoming",
+        include_private: bool | str = False,
+        content_pattern: str | None = None,
+        sender_type: str | Sequence[str] | None = None,
+        after_message_id: int | str | None = None,
+        inbox_id: int | str | None = None,
+        neoleads_conn_id: str = DEFAULT_CONN_ID,
+        events_db_url: str | None = None,
+        poll_api: bool | str = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        trigger_poll_interval: float = 1.0,
+        trigger_api_poll_interval: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.conversation_id = conversation_id
+        self.events = events
+        self.message_type = message_type
+        self.include_private = include_private
+        self.content_pattern = content_pattern
+        self.sender_type = sender_type
+        self.after_message_id = after_message_id
+        self.inbox_id = inbox_id
+        self.neoleads_conn_id = neoleads_conn_id
+        self.events_db_url = events_db_url
+        self.poll_api = poll_api
+        self.deferrable = deferrable
+        self.trigger_poll_interval = trigger_poll_interval
+        self.trigger_api_poll_interval = trigger_api_poll_interval
+        if isinstance(events_db_url, str) and not _is_template(events_db_url):
+            self._mask_db_password(events_db_url)
+        self._check_static_arguments()
+
+    # -- arguments -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _mask_db_password(url: str) -> None:
+        # Rendered template fields are shown in the UI; register the password so it is redacted there.
+        try:
+            from airflow.sdk.log import mask_secret
+        except ImportError:  # pragma: no cover - older Task SDKs
+            return
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            password = make_url(url).password
+        except ArgumentError:
+            return
+        if password:
+            mask_secret(str(password))
+
+    def _check_static_arguments(self) -> None:
+        """Report bad arguments when the DAG is parsed, for those that are not templated."""
+        arguments = {name: getattr(self, name) for name in self.template_fields}
+        if any(_is_template(value) for value in arguments.values()):
+            # Values combine (e.g. the watermark needs message events): check everything once rendered.
+            return
+        self._build_filter(account_id=None)
+        self._poll_api_enabled()
+
+    def _poll_api_enabled(self) -> bool:
+        enabled = _as_bool("poll_api", self.poll_api)
+        events = _as_names("events", self.events) or ()
+        if enabled and "message_created" not in events:
+            raise NeoleadsConfigError(
+                f"poll_api only finds message_created events (the API keeps messages, not event history); "
+                f"events is {list(events)}"
+            )
+        return enabled
+
+    def _build_filter(self, *, account_id: int | None) -> EventFilter:
+        from neoleads_provider.store.matching import EventFilter
+
+        try:
+            return EventFilter(
+                events=_as_names("events", self.events),
+                account_id=account_id,
+                inbox_id=_as_int("inbox_id", self.inbox_id, required=False, minimum=1),
+                conversation_id=_as_int("conversation_id", self.conversation_id, required=True, minimum=1),
+                message_types=_as_names("message_type", self.message_type),
+                include_private=_as_bool("include_private", self.include_private),
+                sender_types=_as_names("sender_type", self.sender_type),
+                after_message_id=_as_int(
+                    "after_message_id", self.after_message_id, required=False, minimum=0
+                ),
+                content_pattern=self.content_pattern or None,
+            )
+        except ValueError as exc:
+            # The filter names its fields; say them the way this operator's arguments are called.
+            message = str(exc).replace("EventFilter.message_types", "message_type")
+            message = message.replace("EventFilter.sender_types", "sender_type").replace("EventFilter.", "")
+            raise NeoleadsConfigError(message) from None
+
+    def _account_id(self) -> int:
+        from airflow.sdk import BaseHook
+
+        from neoleads_provider.connection import NeoleadsConnectionSettings
+
+        # The token is not needed to read the store, so a receiver-only connection works too.
+        settings = NeoleadsConnectionSettings.from_connection(
+            BaseHook.get_connection(self.neoleads_conn_id), require_token=False
+        )
+        if not settings.account_id:
+            raise NeoleadsConfigError(
+                f"Connection {self.neoleads_conn_id!r}: field 'account_id' is required to wait for its events"
+            )
+        return settings.account_id
+
+    @cached_property
+    def event_filter(self) -> EventFilter:
+        """The rendered arguments as a filter (built on first use, after templates are rendered)."""
+        if self.after_message_id is None:
+            self.log.warning(
+                "No after_message_id: any matching event already stored for conversation %s counts, "
+                "however old. Pass the id of the message this DAG sent to wait for what comes after it.",
+                self.conversation_id,
+            )
+        return self._build_filter(account_id=self._account_id())
+
+    @cached_property
+    def hook(self) -> NeoleadsHook:
+        from neoleads_provider.hooks.neoleads import NeoleadsHook
+
+        return NeoleadsHook(neoleads_conn_id=self.neoleads_conn_id)
+
+    # -- waiting -------------------------------------------------------------------------------------------
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        """Look once in the store (and the API with ``poll_api``); a store outage is just "not yet"."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from neoleads_provider.store.engine import safe_url
+        from neoleads_provider.triggers.webhook import (
+            is_transient_api_error,
+            is_transient_store_error,
+            look_in_api,
+            look_in_store,
+        )
+
+        flt = self.event_filter
+        poll_api = self._poll_api_enabled()
+        try:
+            found = look_in_store(self.events_db_url, flt)
+        except SQLAlchemyError as exc:
+            if not is_transient_store_error(exc):
+                raise
+            where = safe_url(self.events_db_url) if self.events_db_url else "[neoleads] events_db_url"
+            self.log.warning("The Neoleads event store (%s) is unavailable; will look again: %s", where, exc)
+            found = None
+        if found is None and poll_api:
+            try:
+                found = look_in_api(self.hook, flt)
+            except NeoleadsError as exc:
+                if not is_transient_api_error(exc):
+                    raise
+                self.log.warning("Looking for the message through the API failed; will look again: %s", exc)
+        if found is None:
+            return PokeReturnValue(is_done=False)
+        self.log.info(
+            "Matched %s (message %s) in conversation %s, found through the %s",
+            found["event"],
+            found["message_id"],
+            found["conversation_id"],
+            "event store" if found["source"] == "webhook" else "API",
+        )
+        return PokeReturnValue(is_done=True, xcom_value=found)
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        first_look = self.poke(context)
+        if first_look.is_done:
+            return first_look.xcom_value
+        self.defer(
+            trigger=self._trigger(),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout),
+        )
+
+    def _trigger(self) -> Any:
+        import time
+
+        from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
+
+        return NeoleadsWebhookTrigger(
+            event_filter=self.event_filter.to_dict(),
+            neoleads_conn_id=self.neoleads_conn_id,
+            events_db_url=self.events_db_url,
+            poll_interval=self.trigger_poll_interval,
+            poll_api=self._poll_api_enabled(),
+            api_poll_interval=self.trigger_api_poll_interval,
+            # The trigger reports the timeout itself, so soft_fail can turn it into a skip.
+            end_time=time.time() + self.timeout,
+        )
+
+    def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> Any:
+        """Resume after the trigger fired: return the matched event, or fail (or skip) as the trigger says."""
+        from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
+
+        status = event.get("status") if isinstance(event, Mapping) else None
+        if status == "success":
+            return event["event"]
+        if status == "timeout":
+            message = f"Sensor has timed out: {event.get('message', 'no matching event arrived')}"
+            if self.soft_fail or getattr(self, "never_fail", False):
+                raise AirflowSkipException(message)
+            raise AirflowSensorTimeout(message)
+        detail = event.get("message") if isinstance(event, Mapping) else None
+        raise NeoleadsError(f"Waiting for the Neoleads event failed: {detail or event!r}")

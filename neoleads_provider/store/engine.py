@@ -1,0 +1,123 @@
+"""Turn the ``[neoleads] events_db_url`` setting into one SQLAlchemy engine per URL per process.
+
+The receiver, the sensors, the triggers and the CLI all share the event store through these engines.
+SQLite gets WAL so readers (sensors) never block the writer (the receiver); PostgreSQL gets
+``pool_pre_ping`` so a restarted database costs one retried checkout instead of a failed request.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL, Engine
+
+__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "dispose_engines", "get_engine", "get_events_db_url", "safe_url"]
+
+DEFAULT_DB_FILENAME = "neoleads_events.db"
+# A writer waits this long for another writer's lock instead of failing at once with "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def get_events_db_url() -> str:
+    """Return the event store URL: ``[neoleads] events_db_url``, else a SQLite file in ``AIRFLOW_HOME``.
+
+    The option can also be set with the environment variable ``AIRFLOW__NEOLEADS__EVENTS_DB_URL``.
+    """
+    # Imported here: reading Airflow's configuration is not free, and this module is imported by DAG files.
+    from airflow.configuration import AIRFLOW_HOME, conf
+
+    url = (conf.get("neoleads", "events_db_url", fallback="") or "").strip()
+    if url:
+        return url
+    return f"sqlite:///{os.path.join(AIRFLOW_HOME, DEFAULT_DB_FILENAME)}"
+
+
+def safe_url(url: str | URL) -> str:
+    """Render a database URL for logs and messages, with any password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+def _normalise(url: str) -> URL:
+    parsed = make_url(url)
+    # ``postgresql://`` means psycopg2 to SQLAlchemy; fall back to psycopg 3 when only that one is installed.
+    wants_default_driver = parsed.drivername == "postgres" or (
+        parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg2") is None
+    )
+    if wants_default_driver and importlib.util.find_spec("psycopg") is not None:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets sensors read while the receiver writes. In WAL mode NORMAL keeps every commit across an
+        # application crash (a power loss may drop the last few) without FULL's fsync per transaction.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _create(url: URL) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        engine = create_engine(url, future=True)
+        event.listen(engine, "connect", _on_sqlite_connect)
+        return engine
+    # PostgreSQL (and anything else with a server): test a pooled connection before handing it out.
+    return create_engine(url, pool_pre_ping=True, future=True)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """Return the process-wide engine for ``url`` (default: :func:`get_events_db_url`), creating it once.
+
+    :param url: a SQLAlchemy URL; ``postgresql://`` uses psycopg 3 when psycopg2 is not installed.
+    :raises sqlalchemy.exc.ArgumentError: the URL cannot be parsed.
+    """
+    key = url or get_events_db_url()
+    engine = _engines.get(key)
+    if engine is not None:
+        return engine
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _create(_normalise(key))
+            _engines[key] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every cached engine's pooled connections and forget the engines (tests, forks)."""
+    with _lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.dispose()
+
+
+def _forget_engines_in_child() -> None:
+    global _lock
+    # A forked child must not reuse the parent's sockets; close=False leaves them to the parent.
+    # The lock may have been held by a parent thread that does not exist in the child.
+    _lock = threading.Lock()
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+    _engines.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_engines_in_child)

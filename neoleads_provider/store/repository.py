@@ -1,0 +1,227 @@
+"""Queries on the event store. Each function takes a SQLAlchemy ``Connection`` first and never commits.
+
+Callers own the transaction::
+
+    with get_engine().begin() as conn:
+        stored = insert_event(conn, delivery_id=..., conn_id=..., fields=..., body=..., received_at=...)
+
+Datetimes go in and come out timezone-aware in UTC; a naive datetime passed in is taken to be UTC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from neoleads_provider.store.records import StoredEvent
+from neoleads_provider.store.schema import webhook_events
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Row
+
+    from neoleads_provider.webhooks.payload import EventFields
+
+__all__ = [
+    "count_older_than",
+    "get_event",
+    "insert_event",
+    "insert_event_id",
+    "last_received_at",
+    "list_events",
+    "purge_older_than",
+]
+
+MAX_LIST_LIMIT = 10_000
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _event_from_row(row: Row[Any]) -> StoredEvent:
+    event = StoredEvent.from_row(row)
+    # SQLite keeps no zone; everything is written in UTC, so say so on the way out.
+    if event.received_at.tzinfo is None:
+        event = dataclasses.replace(event, received_at=event.received_at.replace(tzinfo=UTC))
+    return event
+
+
+def insert_event(
+    conn: Connection,
+    *,
+    delivery_id: str,
+    conn_id: str,
+    fields: EventFields,
+    body: str,
+    received_at: datetime,
+) -> bool:
+    """Insert one delivery; return False, leaving the transaction usable, if ``delivery_id`` is already stored.
+
+    :param delivery_id: the sender's delivery id (unique across the table).
+    :param conn_id: the Airflow connection the delivery was received for.
+    :param fields: the indexed columns extracted from the payload.
+    :param body: the raw JSON body, as text.
+    :param received_at: when the receiver got it.
+    """
+    return (
+        insert_event_id(
+            conn, delivery_id=delivery_id, conn_id=conn_id, fields=fields, body=body, received_at=received_at
+        )
+        is not None
+    )
+
+
+def insert_event_id(
+    conn: Connection,
+    *,
+    delivery_id: str,
+    conn_id: str,
+    fields: EventFields,
+    body: str,
+    received_at: datetime,
+) -> int | None:
+    """Like :func:`insert_event`, but return the new row's id, or None for a duplicate ``delivery_id``."""
+    values = {
+        "delivery_id": delivery_id,
+        "conn_id": conn_id,
+        **fields.as_columns(),
+        "received_at": _utc(received_at),
+        "body": body,
+    }
+    dialect = conn.dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        # ON CONFLICT DO NOTHING: a duplicate is not an error, so a PostgreSQL transaction is not aborted by it.
+        statement = (
+            dialect_insert(webhook_events)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=[webhook_events.c.delivery_id])
+        )
+        if conn.dialect.insert_returning:
+            # With RETURNING the driver reports no rowcount; the returned row is the answer.
+            return conn.execute(statement.returning(webhook_events.c.id)).scalar()
+        result = conn.execute(statement)
+        return result.lastrowid if result.rowcount == 1 else None
+    # Other databases: a savepoint confines the unique-key violation to this one statement.
+    try:
+        with conn.begin_nested():
+            result = conn.execute(insert(webhook_events).values(values))
+    except IntegrityError:
+        existing = get_event(conn, delivery_id=delivery_id)
+        if existing is None:
+            raise
+        return None
+    return int(result.inserted_primary_key[0])
+
+
+def get_event(
+    conn: Connection, event_id: int | None = None, *, delivery_id: str | None = None
+) -> StoredEvent | None:
+    """Return the event with this id, or with this delivery id, or None.
+
+    :raises ValueError: neither or both of ``event_id`` and ``delivery_id`` were given.
+    """
+    if (event_id is None) == (delivery_id is None):
+        raise ValueError("pass exactly one of event_id or delivery_id")
+    statement = select(webhook_events)
+    if event_id is not None:
+        statement = statement.where(webhook_events.c.id == event_id)
+    else:
+        statement = statement.where(webhook_events.c.delivery_id == delivery_id)
+    row = conn.execute(statement).first()
+    return _event_from_row(row) if row is not None else None
+
+
+def list_events(
+    conn: Connection,
+    *,
+    conn_id: str | None = None,
+    event: str | None = None,
+    conversation_id: int | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+) -> list[StoredEvent]:
+    """Return stored events, newest first, optionally filtered.
+
+    :param since: only events received at or after this time.
+    :param limit: at most this many (1 to 10,000).
+    :raises ValueError: ``limit`` is out of range.
+    """
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
+    statement = select(webhook_events)
+    if conn_id is not None:
+        statement = statement.where(webhook_events.c.conn_id == conn_id)
+    if event is not None:
+        statement = statement.where(webhook_events.c.event == event)
+    if conversation_id is not None:
+        statement = statement.where(webhook_events.c.conversation_id == conversation_id)
+    if since is not None:
+        statement = statement.where(webhook_events.c.received_at >= _utc(since))
+    # ids are assigned in commit order closely enough, and unlike received_at they never tie.
+    statement = statement.order_by(webhook_events.c.id.desc()).limit(limit)
+    return [_event_from_row(row) for row in conn.execute(statement)]
+
+
+def count_older_than(conn: Connection, cutoff: datetime) -> int:
+    """Return how many events were received before ``cutoff`` (what a purge would delete)."""
+    statement = (
+        select(func.count()).select_from(webhook_events).where(webhook_events.c.received_at < _utc(cutoff))
+    )
+    return int(conn.execute(statement).scalar_one())
+
+
+def purge_older_than(
+    conn: Connection, cutoff: datetime, *, batch_size: int = 1000, max_batches: int | None = None
+) -> int:
+    """Delete events received before ``cutoff``, ``batch_size`` rows per statement; return how many.
+
+    :param max_batches: stop after this many batches, so a caller can commit between batches
+        (``neoleads events purge`` does) and never hold a long lock on a busy table.
+    :raises ValueError: ``batch_size`` is not positive.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    cutoff = _utc(cutoff)
+    deleted = 0
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        ids = list(
+            conn.execute(
+                select(webhook_events.c.id)
+                .where(webhook_events.c.received_at < cutoff)
+                .order_by(webhook_events.c.id)
+                .limit(batch_size)
+            ).scalars()
+        )
+        if not ids:
+            break
+        conn.execute(delete(webhook_events).where(webhook_events.c.id.in_(ids)))
+        deleted += len(ids)
+        batches += 1
+        if len(ids) < batch_size:
+            break
+    return deleted
+
+
+def last_received_at(conn: Connection, conn_id: str | None = None) -> datetime | None:
+    """Return when the newest event (for ``conn_id``, if given) was received, or None if there is none."""
+    statement = select(func.max(webhook_events.c.received_at))
+    if conn_id is not None:
+        statement = statement.where(webhook_events.c.conn_id == conn_id)
+    value = conn.execute(statement).scalar()
+    if value is None:
+        return None
+    if isinstance(value, str):
+        # SQLite returns max() of a DateTime column as its stored text.
+        value = datetime.fromisoformat(value)
+    return _utc(value)

@@ -1,0 +1,104 @@
+"""The standalone receiver: the same app, at the same path, as on the Airflow API server.
+
+``neoleads webhooks serve`` runs this where the API server is not reachable from Neoleads, or to keep
+webhook traffic off it. Connections are resolved from the secrets backend, ``AIRFLOW_CONN_*`` variables
+and the metadata database, as Airflow does outside its servers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from neoleads_provider.plugins import URL_PREFIX
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, MutableMapping
+
+    from fastapi import FastAPI
+    from sqlalchemy import Engine
+
+__all__ = ["create_server_app", "serve"]
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("neoleads_provider.webhooks.access")
+
+
+class AccessLogMiddleware:
+    """Log method, path and status of each request; never the query string, which may hold ``?token=``."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+        started = time.perf_counter()
+
+        async def send_and_record(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            client = scope.get("client")
+            access_log.info(
+                '%s "%s %s" %s %.1f ms',
+                client[0] if client else "-",
+                scope.get("method"),
+                scope.get("path"),
+                status or 500,
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+def create_server_app(
+    *,
+    engine_factory: Callable[[], Engine] | None = None,
+    resolve_connection: Callable[[str], Any] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """Return an app with the receiver mounted at ``/neoleads``, exactly as the Airflow plugin mounts it."""
+    from fastapi import FastAPI
+
+    from neoleads_provider.webhooks.app import create_app
+
+    parent = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    parent.mount(
+        URL_PREFIX,
+        create_app(engine_factory=engine_factory, resolve_connection=resolve_connection, clock=clock),
+    )
+    parent.add_middleware(AccessLogMiddleware)
+    return parent
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8082,
+    *,
+    db_url: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Migrate the event store once, then serve the receiver with uvicorn until interrupted.
+
+    :param db_url: the event store URL; default ``[neoleads] events_db_url``.
+    :raises sqlalchemy.exc.SQLAlchemyError: the store cannot be reached or migrated at start.
+    """
+    import uvicorn
+
+    from neoleads_provider.store.engine import get_engine, safe_url
+    from neoleads_provider.store.migrate import migrate
+
+    engine = get_engine(db_url)
+    version = migrate(engine)
+    log.info("Neoleads event store %s is at schema version %s", safe_url(engine.url), version)
+    app = create_server_app(engine_factory=lambda: get_engine(db_url))
+    log.info("Receiving Neoleads webhooks at http://%s:%s%s/webhooks/<conn_id>", host, port, URL_PREFIX)
+    # uvicorn's own access log prints query strings; AccessLogMiddleware replaces it.
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level=log_level)

@@ -1,0 +1,534 @@
+"""NeoleadsWebhookSensor against a real SQLite event store (and the sandbox server for poll_api)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from airflow.sdk.exceptions import (
+    AirflowRescheduleException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+    TaskDeferred,
+)
+
+from neoleads_provider.exceptions import NeoleadsConfigError, NeoleadsError
+from neoleads_provider.sensors.webhook import NeoleadsWebhookSensor
+from neoleads_provider.store.engine import dispose_engines, get_engine
+from neoleads_provider.store.migrate import EventStoreSchemaError, migrate
+from neoleads_provider.store.repository import insert_event
+from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
+from neoleads_provider.webhooks.payload import extract_event_fields
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+TEST_CONN_ID = "neoleads_default"
+CONTACT = {"id": 55, "name": "Ada", "email": "ada@example.com"}
+AGENT = {"id": 3, "name": "Agent", "email": "agent@example.com", "type": "user"}
+
+
+def message_payload(
+    message_id: int,
+    *,
+    conversation_id: int = 7,
+    account_id: int = 1,
+    message_type: str = "incoming",
+    private: bool = False,
+    content: str = "hello",
+) -> dict[str, Any]:
+    return {
+        "event": "message_created",
+        "id": message_id,
+        "content": content,
+        "content_type": "text",
+        "content_attributes": {},
+        "additional_attributes": {},
+        "message_type": message_type,
+        "private": private,
+        "source_id": None,
+        "created_at": "2026-06-01T10:00:00.000Z",
+        "sender": CONTACT if message_type == "incoming" else AGENT,
+        "account": {"id": account_id, "name": "Acme"},
+        "inbox": {"id": 1, "name": "API"},
+        "conversation": {"id": conversation_id, "inbox_id": 1},
+    }
+
+
+def store(url: str, *payloads: dict[str, Any]) -> None:
+    with get_engine(url).begin() as conn:
+        for payload in payloads:
+            insert_event(
+                conn,
+                delivery_id=str(uuid.uuid4()),
+                conn_id=TEST_CONN_ID,
+                fields=extract_event_fields(payload),
+                body=json.dumps(payload),
+                received_at=datetime.now(UTC),
+            )
+
+
+class FakeTaskInstance:
+    """Just what reschedule mode and Jinja templates ask of the task instance."""
+
+    def __init__(self, xcoms: dict[tuple[str, str], Any] | None = None) -> None:
+        self.xcoms = xcoms or {}
+        self.first_reschedule_date: datetime | None = None
+
+    def get_first_reschedule_date(self, context: Any) -> datetime | None:
+        return self.first_reschedule_date
+
+    def xcom_pull(self, task_ids: str, key: str = "return_value") -> Any:
+        return self.xcoms.get((task_ids, key))
+
+
+@pytest.fixture(autouse=True)
+def connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_NEOLEADS_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "neoleads",
+                "host": "http://127.0.0.1:9",
+                "password": "sensor-test-token",
+                "extra": {"account_id": 1},
+            }
+        ),
+    )
+
+
+@pytest.fixture
+def events_url(tmp_path) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    migrate(get_engine(url))
+    yield url
+    dispose_engines()
+
+
+def sensor(events_url: str, **kwargs: Any) -> NeoleadsWebhookSensor:
+    kwargs.setdefault("conversation_id", 7)
+    kwargs.setdefault("after_message_id", 100)
+    kwargs.setdefault("poke_interval", 0.05)
+    kwargs.setdefault("timeout", 10)
+    return NeoleadsWebhookSensor(task_id=f"wait_{uuid.uuid4().hex[:6]}", events_db_url=events_url, **kwargs)
+
+
+def later(seconds: float, action) -> threading.Timer:
+    timer = threading.Timer(seconds, action)
+    timer.start()
+    return timer
+
+
+# -- poke and reschedule --------------------------------------------------------------------------------
+
+
+def test_poke_mode_waits_for_the_reply_and_returns_it(events_url):
+    store(events_url, message_payload(100, message_type="outgoing", content="Shall we book?"))
+    task = sensor(events_url)
+    timer = later(0.3, lambda: store(events_url, message_payload(101, content="Yes please")))
+    started = time.monotonic()
+    result = task.execute({})
+    timer.join()
+    assert time.monotonic() - started >= 0.25
+    assert result["source"] == "webhook"
+    assert result["message_id"] == 101
+    assert result["payload"]["content"] == "Yes please"
+    assert result["conversation_id"] == 7
+    assert result["account_id"] == 1
+    assert json.loads(json.dumps(result)) == result
+
+
+def test_poke_mode_times_out_and_soft_fail_skips(events_url):
+    with pytest.raises(AirflowSensorTimeout):
+        sensor(events_url, timeout=0.2).execute({})
+    with pytest.raises(AirflowSkipException):
+        sensor(events_url, timeout=0.2, soft_fail=True).execute({})
+
+
+def test_reschedule_mode_gives_the_slot_back_then_finds_the_reply(events_url):
+    task = sensor(events_url, mode="reschedule", poke_interval=30)
+    ti = FakeTaskInstance()
+    with pytest.raises(AirflowRescheduleException) as rescheduled:
+        task.execute({"ti": ti})
+    assert rescheduled.value.reschedule_date > datetime.now(UTC) + timedelta(seconds=20)
+    store(events_url, message_payload(101, content="Sounds good"))
+    ti.first_reschedule_date = datetime.now(UTC) - timedelta(seconds=30)
+    result = task.execute({"ti": ti})
+    assert result["payload"]["content"] == "Sounds good"
+
+
+def test_only_matches_after_the_watermark_and_for_this_account(events_url):
+    store(
+        events_url,
+        message_payload(99, content="an earlier message"),
+        message_payload(100, message_type="outgoing", content="our question"),
+        message_payload(101, message_type="outgoing", private=True, content="a note"),
+        message_payload(102, account_id=2, content="another account's conversation 7"),
+        message_payload(103, conversation_id=8, content="another conversation"),
+    )
+    task = sensor(events_url)
+    assert task.poke({}).is_done is False
+    store(events_url, message_payload(104, content="the reply"))
+    done = task.poke({})
+    assert done.is_done is True
+    assert done.xcom_value["message_id"] == 104
+
+
+def test_filters_reach_the_store(events_url):
+    store(
+        events_url,
+        message_payload(101, content="maybe"),
+        message_payload(102, message_type="outgoing", content="YES from the agent"),
+        message_payload(103, content="yes!"),
+    )
+    assert sensor(events_url, content_pattern=r"(?i)^yes").poke({}).xcom_value["message_id"] == 103
+    agent = sensor(events_url, message_type="outgoing", sender_type="user").poke({})
+    assert agent.xcom_value["message_id"] == 102
+    anyone = sensor(events_url, message_type=None, content_pattern="YES").poke({})
+    assert anyone.xcom_value["message_id"] == 102
+
+
+# -- deferrable -----------------------------------------------------------------------------------------
+
+
+def test_deferrable_defers_to_the_trigger_then_completes(events_url):
+    task = sensor(events_url, deferrable=True, timeout=600, trigger_poll_interval=0.05)
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute({})
+    assert deferred.value.method_name == "execute_complete"
+    assert deferred.value.timeout == timedelta(seconds=600)
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, NeoleadsWebhookTrigger)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "neoleads_provider.triggers.webhook.NeoleadsWebhookTrigger"
+    assert kwargs["event_filter"]["account_id"] == 1
+    assert kwargs["event_filter"]["conversation_id"] == 7
+    assert kwargs["event_filter"]["after_message_id"] == 100
+    assert kwargs["events_db_url"] == events_url
+    assert kwargs["poll_interval"] == 0.05
+    assert time.time() + 590 < kwargs["end_time"] <= time.time() + 600
+
+    # What the triggerer does: rebuild the trigger from its serialized form and run it.
+    rebuilt = NeoleadsWebhookTrigger(**kwargs)
+    later(0.2, lambda: store(events_url, message_payload(101, content="Deferred yes")))
+    event = asyncio.run(asyncio.wait_for(anext(rebuilt.run()), timeout=10))
+    result = task.execute_complete({}, event=event.payload)
+    assert result["payload"]["content"] == "Deferred yes"
+    assert result["source"] == "webhook"
+
+
+def test_deferrable_returns_at_once_when_the_reply_is_already_stored(events_url):
+    store(events_url, message_payload(101, content="already here"))
+    result = sensor(events_url, deferrable=True).execute({})
+    assert result["payload"]["content"] == "already here"
+
+
+def test_execute_complete_turns_timeouts_and_errors_into_failures_or_skips(events_url):
+    timeout_event = {"status": "timeout", "message": "nothing came"}
+    with pytest.raises(AirflowSensorTimeout, match="nothing came"):
+        sensor(events_url).execute_complete({}, event=timeout_event)
+    with pytest.raises(AirflowSkipException):
+        sensor(events_url, soft_fail=True).execute_complete({}, event=timeout_event)
+    with pytest.raises(NeoleadsError, match="store has no schema"):
+        sensor(events_url).execute_complete({}, event={"status": "error", "message": "store has no schema"})
+
+
+# -- templating -----------------------------------------------------------------------------------------
+
+
+def test_templated_conversation_and_watermark_are_cast_to_int(events_url):
+    store(events_url, message_payload(101, conversation_id=12, content="templated"))
+    task = sensor(
+        events_url,
+        conversation_id="{{ ti.xcom_pull(task_ids='create', key='conversation_id') }}",
+        after_message_id="{{ ti.xcom_pull(task_ids='send', key='message_id') }}",
+        include_private="{{ params.private }}",
+    )
+    ti = FakeTaskInstance({("create", "conversation_id"): 12, ("send", "message_id"): 100})
+    task.render_template_fields({"ti": ti, "params": {"private": False}})
+    assert task.conversation_id == "12"
+    assert task.after_message_id == "100"
+    flt = task.event_filter
+    assert (flt.conversation_id, flt.after_message_id, flt.include_private) == (12, 100, False)
+    assert task.poke({}).xcom_value["payload"]["content"] == "templated"
+
+
+def test_a_watermark_that_rendered_to_none_is_an_error(events_url):
+    task = sensor(events_url, after_message_id="{{ ti.xcom_pull(task_ids='send', key='message_id') }}")
+    task.render_template_fields({"ti": FakeTaskInstance()})
+    with pytest.raises(NeoleadsConfigError, match=r"after_message_id rendered to 'None'"):
+        task.poke({})
+
+
+def test_xcomarg_arguments_are_accepted_and_wire_the_dependency(events_url):
+    from airflow.sdk import DAG, BaseOperator
+
+    with DAG(dag_id="neoleads_sensor_xcomarg", schedule=None):
+        send = BaseOperator(task_id="send")
+        wait = sensor(events_url, conversation_id=7, after_message_id=send.output["message_id"])
+    assert "send" in wait.upstream_task_ids
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"conversation_id": "abc"}, "conversation_id must be a whole number, got 'abc'"),
+        ({"conversation_id": None}, "conversation_id is required"),
+        ({"after_message_id": "1.5"}, "after_message_id must be a whole number"),
+        ({"message_type": "incomming"}, "message_type has unknown types"),
+        ({"content_pattern": "([a-z]"}, "content_pattern is not a valid Python regular expression"),
+        ({"events": ["conversation_status_changed"]}, "after_message_id is a message id"),
+        ({"include_private": "perhaps"}, "include_private must be true or false"),
+        ({"poll_api": True, "events": "message_updated"}, "poll_api only finds message_created"),
+    ],
+)
+def test_bad_arguments_fail_at_parse_time_naming_the_argument(events_url, kwargs, message):
+    with pytest.raises(NeoleadsConfigError, match=message):
+        sensor(events_url, **kwargs)
+
+
+def test_templated_bad_values_fail_when_rendered(events_url):
+    task = sensor(events_url, conversation_id="{{ params.conversation }}")
+    task.render_template_fields({"params": {"conversation": "not-a-number"}})
+    with pytest.raises(
+        NeoleadsConfigError, match="conversation_id must be a whole number, got 'not-a-number'"
+    ):
+        task.poke({})
+
+
+def test_the_connection_must_name_its_account(events_url, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_NEOLEADS_DEFAULT",
+        json.dumps({"conn_type": "neoleads", "host": "http://127.0.0.1:9", "password": "t"}),
+    )
+    with pytest.raises(NeoleadsConfigError, match="account_id"):
+        sensor(events_url).poke({})
+
+
+# -- the store failing ----------------------------------------------------------------------------------
+
+
+def logged(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> str:
+    # Task loggers go through Airflow's structlog setup to stdout; plain loggers reach caplog.
+    out, err = capfd.readouterr()
+    return out + err + caplog.text
+
+
+def test_a_store_outage_is_not_a_failure_and_the_next_poke_recovers(tmp_path, capfd, caplog):
+    # A directory that does not exist yet: SQLite cannot open the file, as if the volume were unmounted.
+    store_dir = tmp_path / "not-mounted-yet"
+    url = f"sqlite:///{store_dir / 'events.db'}"
+    task = sensor(url)
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert task.poke({}).is_done is False
+        assert "unavailable" in logged(capfd, caplog)
+        store_dir.mkdir()
+        migrate(get_engine(url))
+        store(url, message_payload(101, content="after the outage"))
+        assert task.poke({}).xcom_value["payload"]["content"] == "after the outage"
+    finally:
+        dispose_engines()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_postgresql_is_waited_out_and_its_password_never_logged(capfd, caplog):
+    url = (
+        f"postgresql+psycopg://neoleads:hunter2-db-secret@127.0.0.1:{_free_port()}/nowhere?connect_timeout=2"
+    )
+    task = sensor(url)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            assert task.poke({}).is_done is False
+        text = logged(capfd, caplog)
+        assert "unavailable" in text
+        assert "127.0.0.1" in text
+        assert "hunter2-db-secret" not in text
+    finally:
+        dispose_engines()
+
+
+def test_a_store_that_was_never_migrated_says_how_to_fix_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    try:
+        with pytest.raises(EventStoreSchemaError, match="neoleads events migrate"):
+            sensor(url).poke({})
+    finally:
+        dispose_engines()
+
+
+def test_a_bad_store_url_fails_instead_of_waiting_forever():
+    from sqlalchemy.exc import ArgumentError
+
+    with pytest.raises(ArgumentError):
+        sensor("nosuchdb://x/y").poke({})
+
+
+# -- poll_api: filling a lost delivery from the API ------------------------------------------------------
+
+
+@pytest.fixture
+def sandbox_conversation(neoleads_sandbox, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """A conversation in the sandbox with one message sent by "the DAG"; no webhook reaches our store."""
+    from neoleads_provider.hooks.neoleads import NeoleadsHook
+
+    # No retries, so an injected 5xx is seen at once instead of after the hook's back-off.
+    for name, value in neoleads_sandbox.connection_env(TEST_CONN_ID, max_retries=0).items():
+        monkeypatch.setenv(name, value)
+    with NeoleadsHook(neoleads_conn_id=TEST_CONN_ID) as hook:
+        contact = hook.create_contact(
+            name="Ada",
+            email=f"ada-{uuid.uuid4().hex[:8]}@example.com",
+            inbox_id=neoleads_sandbox.api_inbox_id,
+        )
+        conversation = hook.create_conversation(
+            inbox_id=neoleads_sandbox.api_inbox_id, contact_id=contact["contact"]["id"]
+        )
+        sent = hook.send_message(conversation["id"], "Shall we book Tuesday?")
+    return {"conversation_id": int(conversation["id"]), "message_id": int(sent["id"])}
+
+
+def test_poll_api_finds_a_reply_whose_webhook_never_arrived(
+    events_url, neoleads_sandbox, sandbox_conversation
+):
+    conversation_id = sandbox_conversation["conversation_id"]
+    watermark = sandbox_conversation["message_id"]
+    reply = neoleads_sandbox.reply(conversation_id, "Tuesday works")
+    store_only = sensor(events_url, conversation_id=conversation_id, after_message_id=watermark)
+    assert store_only.poke({}).is_done is False
+
+    task = sensor(events_url, conversation_id=conversation_id, after_message_id=watermark, poll_api=True)
+    done = task.poke({})
+    assert done.is_done is True
+    found = done.xcom_value
+    assert found["source"] == "api"
+    assert found["event"] == "message_created"
+    assert found["event_id"] is None
+    assert found["message_id"] == reply["id"]
+    assert found["conversation_id"] == conversation_id
+    assert found["account_id"] == neoleads_sandbox.account_id
+    assert found["message_type"] == "incoming"
+    assert found["sender_type"] == "contact"
+    payload = found["payload"]
+    assert payload["content"] == "Tuesday works"
+    assert payload["message_type"] == "incoming"
+    assert payload["conversation"] == {"id": conversation_id}
+    assert json.loads(json.dumps(found)) == found
+
+
+def test_poll_api_respects_the_filters(events_url, neoleads_sandbox, sandbox_conversation):
+    conversation_id = sandbox_conversation["conversation_id"]
+    watermark = sandbox_conversation["message_id"]
+    # The DAG's own message is after watermark-1 but outgoing: the echo never counts as the reply.
+    echo_only = sensor(
+        events_url, conversation_id=conversation_id, after_message_id=watermark - 1, poll_api=True
+    )
+    assert echo_only.poke({}).is_done is False
+    reply = neoleads_sandbox.reply(conversation_id, "No thanks")
+    yes_only = sensor(
+        events_url,
+        conversation_id=conversation_id,
+        after_message_id=watermark,
+        poll_api=True,
+        content_pattern="(?i)yes",
+    )
+    assert yes_only.poke({}).is_done is False
+    past_reply = sensor(
+        events_url, conversation_id=conversation_id, after_message_id=reply["id"], poll_api=True
+    )
+    assert past_reply.poke({}).is_done is False
+    outgoing = sensor(
+        events_url,
+        conversation_id=conversation_id,
+        after_message_id=watermark - 1,
+        poll_api=True,
+        message_type="outgoing",
+    )
+    assert outgoing.poke({}).xcom_value["message_id"] == watermark
+
+
+def test_a_stored_webhook_is_preferred_to_the_api(events_url, neoleads_sandbox, sandbox_conversation):
+    conversation_id = sandbox_conversation["conversation_id"]
+    watermark = sandbox_conversation["message_id"]
+    neoleads_sandbox.reply(conversation_id, "via the API")
+    store(
+        events_url,
+        message_payload(watermark + 1000, conversation_id=conversation_id, content="via the webhook"),
+    )
+    requests_before = len(neoleads_sandbox.requests)
+    found = sensor(
+        events_url, conversation_id=conversation_id, after_message_id=watermark, poll_api=True
+    ).poke({})
+    assert found.xcom_value["source"] == "webhook"
+    assert len(neoleads_sandbox.requests) == requests_before
+
+
+def test_a_transient_api_failure_is_a_not_yet(events_url, neoleads_sandbox, sandbox_conversation):
+    conversation_id = sandbox_conversation["conversation_id"]
+    neoleads_sandbox.reply(conversation_id, "Tuesday works")
+    neoleads_sandbox.inject(503, path="/messages", method="GET")
+    task = sensor(
+        events_url,
+        conversation_id=conversation_id,
+        after_message_id=sandbox_conversation["message_id"],
+        poll_api=True,
+    )
+    assert task.poke({}).is_done is False
+    assert task.poke({}).xcom_value["payload"]["content"] == "Tuesday works"
+
+
+def test_a_permanent_api_failure_fails_the_poke(
+    events_url, neoleads_sandbox, sandbox_conversation, monkeypatch
+):
+    from neoleads_provider.exceptions import NeoleadsAuthError
+
+    env = neoleads_sandbox.connection_env(TEST_CONN_ID)
+    connection = json.loads(env["AIRFLOW_CONN_NEOLEADS_DEFAULT"])
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_NEOLEADS_DEFAULT", json.dumps({**connection, "password": "revoked-token"})
+    )
+    task = sensor(
+        events_url,
+        conversation_id=sandbox_conversation["conversation_id"],
+        after_message_id=sandbox_conversation["message_id"],
+        poll_api=True,
+    )
+    with pytest.raises(NeoleadsAuthError) as failed:
+        task.poke({})
+    assert "revoked-token" not in str(failed.value)
+
+
+def test_deferrable_with_poll_api_completes_from_the_api(events_url, neoleads_sandbox, sandbox_conversation):
+    conversation_id = sandbox_conversation["conversation_id"]
+    task = sensor(
+        events_url,
+        conversation_id=conversation_id,
+        after_message_id=sandbox_conversation["message_id"],
+        poll_api=True,
+        deferrable=True,
+        trigger_poll_interval=0.05,
+        trigger_api_poll_interval=0.2,
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute({})
+    _, kwargs = deferred.value.trigger.serialize()
+    assert kwargs["poll_api"] is True
+    assert kwargs["api_poll_interval"] == 0.2
+    later(0.3, lambda: neoleads_sandbox.reply(conversation_id, "Deferred and found"))
+    event = asyncio.run(asyncio.wait_for(anext(NeoleadsWebhookTrigger(**kwargs).run()), timeout=10))
+    result = task.execute_complete({}, event=event.payload)
+    assert result["source"] == "api"
+    assert result["payload"]["content"] == "Deferred and found"

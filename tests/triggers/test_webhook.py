@@ -1,0 +1,347 @@
+"""NeoleadsWebhookTrigger: serialization, and run() against a real SQLite event store."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from neoleads_provider.store.engine import dispose_engines, get_engine
+from neoleads_provider.store.matching import EventFilter
+from neoleads_provider.store.migrate import migrate
+from neoleads_provider.store.repository import insert_event
+from neoleads_provider.triggers import webhook as trigger_module
+from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
+from neoleads_provider.webhooks.payload import extract_event_fields
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+CLASSPATH = "neoleads_provider.triggers.webhook.NeoleadsWebhookTrigger"
+FILTER = EventFilter(account_id=1, conversation_id=7, after_message_id=100)
+
+
+def message_payload(
+    message_id: int, *, message_type: str = "incoming", content: str = "hi"
+) -> dict[str, Any]:
+    return {
+        "event": "message_created",
+        "id": message_id,
+        "content": content,
+        "message_type": message_type,
+        "private": False,
+        "created_at": "2026-06-01T10:00:00.000Z",
+        "sender": {"id": 55, "name": "Ada"} if message_type == "incoming" else {"id": 3, "type": "user"},
+        "account": {"id": 1, "name": "Acme"},
+        "inbox": {"id": 1, "name": "API"},
+        "conversation": {"id": 7, "inbox_id": 1},
+    }
+
+
+def store(url: str, *payloads: dict[str, Any]) -> None:
+    with get_engine(url).begin() as conn:
+        for payload in payloads:
+            insert_event(
+                conn,
+                delivery_id=str(uuid.uuid4()),
+                conn_id="neoleads_default",
+                fields=extract_event_fields(payload),
+                body=json.dumps(payload),
+                received_at=datetime.now(UTC),
+            )
+
+
+@pytest.fixture
+def events_url(tmp_path) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    migrate(get_engine(url))
+    yield url
+    dispose_engines()
+
+
+@pytest.fixture
+def looks(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record when the trigger looks in the store, to prove it sleeps between looks."""
+    calls: list[float] = []
+    real = trigger_module.look_in_store
+
+    def counting(url: str | None, flt: EventFilter) -> Any:
+        calls.append(time.monotonic())
+        return real(url, flt)
+
+    monkeypatch.setattr(trigger_module, "look_in_store", counting)
+    return calls
+
+
+def trigger(events_url: str, **kwargs: Any) -> NeoleadsWebhookTrigger:
+    kwargs.setdefault("event_filter", FILTER.to_dict())
+    kwargs.setdefault("poll_interval", 0.05)
+    return NeoleadsWebhookTrigger(events_db_url=events_url, **kwargs)
+
+
+async def first_event(trig: NeoleadsWebhookTrigger, timeout: float = 10) -> dict[str, Any]:
+    gen = trig.run()
+    try:
+        event = await asyncio.wait_for(anext(gen), timeout=timeout)
+        # A single-event trigger returns after yielding.
+        with pytest.raises(StopAsyncIteration):
+            await anext(gen)
+        return event.payload
+    finally:
+        await gen.aclose()
+        await trig.cleanup()
+
+
+# -- serialization --------------------------------------------------------------------------------------
+
+
+def test_serialization():
+    kwargs = {
+        "event_filter": EventFilter(
+            account_id=1, conversation_id=7, after_message_id=100, content_pattern="(?i)yes"
+        ).to_dict(),
+        "neoleads_conn_id": "neoleads_other",
+        "events_db_url": "postgresql+psycopg://u:p@db/neoleads",
+        "poll_interval": 2.0,
+        "poll_api": True,
+        "api_poll_interval": 45.0,
+        "end_time": 1_800_000_000.0,
+    }
+    trig = NeoleadsWebhookTrigger(**kwargs)
+    classpath, serialized = trig.serialize()
+    assert classpath == CLASSPATH
+    assert serialized == kwargs
+    assert json.loads(json.dumps(serialized)) == serialized
+    again = NeoleadsWebhookTrigger(**serialized)
+    assert again.serialize() == (classpath, serialized)
+
+
+def test_serialization_defaults_and_normalised_filter():
+    trig = NeoleadsWebhookTrigger(
+        event_filter={"conversation_id": 7, "account_id": 1, "events": "message_created"}
+    )
+    classpath, kwargs = trig.serialize()
+    assert kwargs == {
+        "event_filter": EventFilter(account_id=1, conversation_id=7).to_dict(),
+        "neoleads_conn_id": "neoleads_default",
+        "events_db_url": None,
+        "poll_interval": 1.0,
+        "poll_api": False,
+        "api_poll_interval": 30.0,
+        "end_time": None,
+    }
+    assert NeoleadsWebhookTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+def test_repr_hides_the_database_password():
+    trig = NeoleadsWebhookTrigger(
+        event_filter=FILTER.to_dict(), events_db_url="postgresql+psycopg://u:s3cret-pw@db/neoleads"
+    )
+    assert "s3cret-pw" not in repr(trig)
+    assert "db/neoleads" in repr(trig)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"event_filter": {"conversation": 7}}, "Unknown event filter keys"),
+        ({"event_filter": {"content_pattern": "("}}, "content_pattern"),
+        ({"event_filter": {}, "poll_interval": 0}, "poll_interval must be a positive number"),
+        ({"event_filter": {}, "end_time": "tomorrow"}, "end_time must be a unix time"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        NeoleadsWebhookTrigger(**kwargs)
+
+
+# -- run() ------------------------------------------------------------------------------------------------
+
+
+async def test_run_fires_when_a_row_is_inserted_from_another_thread(events_url, looks):
+    store(events_url, message_payload(100, message_type="outgoing"), message_payload(99, content="too old"))
+    inserter = threading.Timer(0.4, lambda: store(events_url, message_payload(101, content="the reply")))
+    inserter.start()
+    # The event loop stays free while the trigger waits: this ticker keeps running alongside it.
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticking = asyncio.create_task(ticker())
+    started = time.monotonic()
+    try:
+        event = await first_event(trigger(events_url))
+    finally:
+        ticking.cancel()
+        inserter.join()
+    assert time.monotonic() - started >= 0.35
+    assert event["status"] == "success"
+    assert event["event"]["source"] == "webhook"
+    assert event["event"]["payload"]["content"] == "the reply"
+    assert event["event"]["message_id"] == 101
+    assert json.loads(json.dumps(event)) == event
+    assert ticks >= 10
+    # It looked several times, never faster than the poll interval allows.
+    assert len(looks) >= 3
+    gaps = [b - a for a, b in itertools.pairwise(looks)]
+    assert min(gaps) >= 0.04
+
+
+async def test_run_fires_at_once_for_a_reply_already_stored(events_url):
+    store(events_url, message_payload(101, content="early bird"))
+    event = await first_event(trigger(events_url, poll_interval=30))
+    assert event["event"]["payload"]["content"] == "early bird"
+
+
+async def test_run_yields_a_timeout_event_at_the_end_time(events_url, looks):
+    end = time.time() + 0.3
+    event = await first_event(trigger(events_url, end_time=end))
+    assert event["status"] == "timeout"
+    assert event["end_time"] == end
+    assert time.time() >= end
+    assert 3 <= len(looks) <= 10
+
+
+async def test_a_store_outage_is_waited_out_with_backoff_then_the_event_fires(tmp_path, looks):
+    # The directory is missing, so SQLite cannot open the file: an outage until it is created.
+    store_dir = tmp_path / "volume"
+    url = f"sqlite:///{store_dir / 'events.db'}"
+
+    def recover() -> None:
+        store_dir.mkdir()
+        migrate(get_engine(url))
+        store(url, message_payload(101, content="after the outage"))
+
+    recovery = threading.Timer(0.8, recover)
+    recovery.start()
+    try:
+        event = await first_event(trigger(url, poll_interval=0.02))
+    finally:
+        recovery.join()
+        dispose_engines()
+    assert event["status"] == "success"
+    assert event["event"]["payload"]["content"] == "after the outage"
+    # Backing off (0.04, 0.08, 0.16, ...) keeps an outage of 0.8 s to a handful of looks.
+    assert 3 <= len(looks) <= 10
+
+
+async def test_a_store_that_was_never_migrated_ends_with_an_error_event(tmp_path):
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    try:
+        event = await first_event(trigger(url))
+    finally:
+        dispose_engines()
+    assert event["status"] == "error"
+    assert "neoleads events migrate" in event["message"]
+
+
+async def test_a_bad_store_url_ends_with_an_error_event():
+    event = await first_event(trigger("nosuchdb://x/y"))
+    assert event["status"] == "error"
+    assert "nosuchdb" in event["message"]
+
+
+# -- poll_api ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sandbox_conversation(neoleads_sandbox, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """A conversation in the sandbox with one message sent by "the DAG"; no webhook reaches our store."""
+    from neoleads_provider.hooks.neoleads import NeoleadsHook
+
+    for name, value in neoleads_sandbox.connection_env("neoleads_default", max_retries=0).items():
+        monkeypatch.setenv(name, value)
+    with NeoleadsHook(neoleads_conn_id="neoleads_default") as hook:
+        contact = hook.create_contact(
+            name="Ada",
+            email=f"ada-{uuid.uuid4().hex[:8]}@example.com",
+            inbox_id=neoleads_sandbox.api_inbox_id,
+        )
+        conversation = hook.create_conversation(
+            inbox_id=neoleads_sandbox.api_inbox_id, contact_id=contact["contact"]["id"]
+        )
+        sent = hook.send_message(conversation["id"], "Shall we book Tuesday?")
+    return {"conversation_id": int(conversation["id"]), "message_id": int(sent["id"])}
+
+
+def api_filter(neoleads_sandbox, sandbox_conversation: dict[str, int]) -> dict[str, Any]:
+    return EventFilter(
+        account_id=neoleads_sandbox.account_id,
+        conversation_id=sandbox_conversation["conversation_id"],
+        after_message_id=sandbox_conversation["message_id"],
+    ).to_dict()
+
+
+async def test_poll_api_fills_a_lost_delivery(events_url, neoleads_sandbox, sandbox_conversation, looks):
+    conversation_id = sandbox_conversation["conversation_id"]
+    threading.Timer(0.3, lambda: neoleads_sandbox.reply(conversation_id, "Tuesday works")).start()
+    trig = trigger(
+        events_url,
+        event_filter=api_filter(neoleads_sandbox, sandbox_conversation),
+        poll_api=True,
+        api_poll_interval=0.2,
+    )
+    event = await first_event(trig)
+    assert event["status"] == "success"
+    found = event["event"]
+    assert found["source"] == "api"
+    assert found["payload"]["content"] == "Tuesday works"
+    assert found["message_type"] == "incoming"
+    assert found["conversation_id"] == conversation_id
+    api_looks = [r for r in neoleads_sandbox.requests if r[0] == "GET" and r[1].endswith("/messages")]
+    # One look at the start, then one per api_poll_interval, not one per store look.
+    assert 1 <= len(api_looks) <= 6
+    assert len(looks) > len(api_looks)
+
+
+async def test_poll_api_rides_out_a_transient_api_failure(events_url, neoleads_sandbox, sandbox_conversation):
+    neoleads_sandbox.reply(sandbox_conversation["conversation_id"], "Tuesday works")
+    neoleads_sandbox.inject(503, path="/messages", method="GET", count=2)
+    trig = trigger(
+        events_url,
+        event_filter=api_filter(neoleads_sandbox, sandbox_conversation),
+        poll_api=True,
+        api_poll_interval=0.1,
+    )
+    event = await first_event(trig)
+    assert event["status"] == "success"
+    assert event["event"]["payload"]["content"] == "Tuesday works"
+    statuses = [r[2] for r in neoleads_sandbox.requests if r[0] == "GET" and r[1].endswith("/messages")]
+    assert statuses[:3] == [503, 503, 200]
+
+
+async def test_poll_api_ends_with_an_error_when_the_conversation_is_gone(
+    events_url, neoleads_sandbox, monkeypatch
+):
+    for name, value in neoleads_sandbox.connection_env("neoleads_default", max_retries=0).items():
+        monkeypatch.setenv(name, value)
+    trig = trigger(
+        events_url,
+        event_filter=EventFilter(account_id=neoleads_sandbox.account_id, conversation_id=999_999).to_dict(),
+        poll_api=True,
+    )
+    event = await first_event(trig)
+    assert event["status"] == "error"
+    assert "404" in event["message"]
+    assert neoleads_sandbox.token not in event["message"]
+
+
+async def test_poll_api_ends_with_an_error_when_the_connection_is_missing(events_url, monkeypatch):
+    monkeypatch.delenv("AIRFLOW_CONN_NEOLEADS_DEFAULT", raising=False)
+    trig = trigger(
+        events_url, event_filter=FILTER.to_dict(), poll_api=True, neoleads_conn_id="neoleads_missing"
+    )
+    event = await first_event(trig)
+    assert event["status"] == "error"
+    assert "neoleads_missing" in event["message"]
