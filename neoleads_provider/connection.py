@@ -123,6 +123,8 @@ class NeoleadsConnectionSettings:
     webhook_tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS
     webhook_allow_unsigned: bool = False
     webhook_url_token: str = field(default="", repr=False)
+    # The API inbox whose webhook_url feeds the receiver: set by `neoleads inboxes create`, read by the doctor.
+    inbox_id: int | None = None
 
     @classmethod
     def from_connection(cls, conn: Any, *, require_token: bool = True) -> NeoleadsConnectionSettings:
@@ -186,6 +188,7 @@ class NeoleadsConnectionSettings:
             ),
             webhook_allow_unsigned=allow_unsigned,
             webhook_url_token=url_token,
+            inbox_id=optional("inbox_id", lambda c, n, v: _as_int(c, n, v, minimum=1), None),
         )
 
     def conversation_url(self, conversation_id: int) -> str:

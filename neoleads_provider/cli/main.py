@@ -1,4 +1,4 @@
-"""The ``neoleads`` command: sandbox, webhook receiver and event store tools.
+"""The ``neoleads`` command: sandbox, webhook receiver, event store, API inbox setup and the doctor.
 
 Each command group lives in its own module with a ``register(subparsers)`` function; imports inside the
 handlers stay lazy so ``neoleads --help`` is quick.
@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "neoleads_provider.cli.sandbox",
     "neoleads_provider.cli.webhooks",
     "neoleads_provider.cli.events",
+    "neoleads_provider.cli.inboxes",
+    "neoleads_provider.cli.doctor",
 )
 
 

@@ -178,23 +178,14 @@ def _serve(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- register
 
 
-def _current_extra(conn_id: str) -> dict[str, Any] | None:
-    """The connection's extra as stored, to show a merged copy; None if it cannot be read here."""
-    try:
-        from neoleads_provider.webhooks.app import default_resolve_connection
-
-        conn = default_resolve_connection(conn_id)
-    except Exception:
-        return None
-    return dict(conn.extra_dejson or {}) if conn is not None else None
-
-
 def _register(args: argparse.Namespace) -> int:
+    from neoleads_provider.cli._connections import hook_for
+    from neoleads_provider.cli._output import merge_secrets, print_connection_setting
     from neoleads_provider.exceptions import NeoleadsError, NeoleadsValidationError
-    from neoleads_provider.hooks.neoleads import NeoleadsHook
 
     try:
-        hook = NeoleadsHook(neoleads_conn_id=args.conn_id)
+        # Looked up like the receiver does, so a connection in the metadata database is found too.
+        hook = hook_for(args.conn_id)
         try:
             webhook = hook.create_webhook(args.url, args.events, name=args.name)
             action = "created"
@@ -217,12 +208,7 @@ def _register(args: argparse.Namespace) -> int:
         return 1
 
     secret = webhook.get("secret") or ""
-    merged = current_secrets if secret in current_secrets or not secret else [*current_secrets, secret]
-    # The connection as Airflow stores it, so the printed extra can replace it whole; if it cannot be read
-    # here (a secrets backend only the workers reach), the essentials.
-    extra = _current_extra(args.conn_id) or {"account_id": hook.settings.account_id}
-    merged_extra = {**extra, "webhook_secrets": merged}
-    merged_extra.pop("extra__neoleads__webhook_secrets", None)
+    merged = merge_secrets(current_secrets, secret)
 
     if args.json:
         print(
@@ -256,29 +242,14 @@ def _register(args: argparse.Namespace) -> int:
     if secret in current_secrets:
         print(f"Connection {args.conn_id!r} already accepts this secret; nothing to change.")
         return 0
-    print(f'Add the secret to connection {args.conn_id!r} (extra field "webhook_secrets"). Keep the old')
-    print("secrets listed until Neoleads no longer signs with them; several are accepted at once.")
-    print()
-    print(f'  "webhook_secrets": {json.dumps(merged)}')
-    print()
-    print("The connection's whole extra, with the secret merged in:")
-    print(f"  {json.dumps(merged_extra)}")
-    print()
-    print("For a connection in an environment variable (fill in your API token):")
-    env_name = "AIRFLOW_CONN_" + args.conn_id.upper()
-    env_value = {
-        "conn_type": "neoleads",
-        "host": hook.settings.base_url,
-        "password": "<API access token>",
-        "extra": merged_extra,
-    }
-    print(f"  export {env_name}='{json.dumps(env_value)}'")
-    print()
-    print("For a connection in the metadata database, edit it in the Airflow UI, or re-create it:")
-    print(f"  airflow connections delete {args.conn_id}")
-    print(
-        f"  airflow connections add {args.conn_id} --conn-type neoleads --conn-host {hook.settings.base_url} "
-        f"--conn-password '<API access token>' --conn-extra '{json.dumps(merged_extra)}'"
+    # This command has always shown the secrets the connection already lists; `neoleads inboxes` does not.
+    print_connection_setting(
+        args.conn_id,
+        base_url=hook.settings.base_url,
+        account_id=hook.settings.account_id,
+        secret=secret,
+        current_secrets=current_secrets,
+        show_current_secrets=True,
     )
     return 0
 

@@ -35,6 +35,8 @@ from neoleads_provider.exceptions import (
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
+    from neoleads_provider.ratelimit import RateLimiter
+
 log = logging.getLogger(__name__)
 
 MESSAGE_TYPES = ("outgoing", "incoming")
@@ -133,6 +135,8 @@ class NeoleadsHook(BaseHook):
     :param timeout: seconds per request; overrides the connection's ``timeout``.
     :param max_retries: retries after the first try; overrides the connection's ``max_retries``.
     :param backoff_base: first back-off in seconds; later ones double, with jitter.
+    :param rate_limiter: called before every HTTP attempt, retries included (e.g. a
+        :class:`~neoleads_provider.ratelimit.TokenBucket` shared by the threads of a bulk send).
     """
 
     conn_name_attr = "neoleads_conn_id"
@@ -148,9 +152,11 @@ class NeoleadsHook(BaseHook):
         max_retries: int | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         super().__init__()
         self.neoleads_conn_id = neoleads_conn_id
+        self.rate_limiter = rate_limiter
         self._timeout = timeout
         self._max_retries = max_retries
         self.backoff_base = backoff_base
@@ -193,6 +199,13 @@ class NeoleadsHook(BaseHook):
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
+        # requests reads the proxy and CA-bundle environment variables again on every request, walking all of
+        # os.environ: a quarter of a request's client time. Every request goes to this one host, so resolve
+        # them once, by requests' own rules (NO_PROXY included), and stop it looking again.
+        environment = session.merge_environment_settings(self.settings.base_url, {}, None, None, None)
+        session.proxies = environment["proxies"]
+        session.verify = environment["verify"]
+        session.trust_env = False
         return session
 
     def get_conn(self) -> requests.Session:
@@ -299,6 +312,8 @@ class NeoleadsHook(BaseHook):
         data: Any,
         files: Any,
     ) -> Any:
+        if self.rate_limiter is not None:
+            self.rate_limiter.acquire()
         started = time.monotonic()
         try:
             response = self.session.request(
@@ -388,6 +403,91 @@ class NeoleadsHook(BaseHook):
     def get_inbox(self, inbox_id: int) -> dict[str, Any]:
         """One inbox."""
         return dict(self.request("GET", f"inboxes/{int(inbox_id)}"))
+
+    def create_api_inbox(self, name: str, webhook_url: str | None = None) -> dict[str, Any]:
+        """Create an API inbox (``POST /inboxes``); needs an administrator's token.
+
+        Neoleads posts every inbox-scoped event (messages, conversations, typing) to ``webhook_url``,
+        signed with the inbox's own ``secret``. A create that may have reached the server is not replayed.
+
+        :return: the inbox: ``id``, ``inbox_identifier``, ``webhook_url`` and the signing ``secret``
+            (servers from 4.13 on).
+        :raises NeoleadsAuthError: the token is refused; when it is not an administrator's, the message says so
+            and names the user's role.
+        """
+        channel = _without_none(type="api", webhook_url=webhook_url)
+        body = {"name": name, "channel": channel}
+        return dict(self._as_administrator("create an API inbox", "POST", "inboxes", json=body))
+
+    def update_inbox_webhook(self, inbox_id: int, webhook_url: str | None) -> dict[str, Any]:
+        """Point an API inbox's webhook at ``webhook_url`` (``PATCH /inboxes/{id}``); administrators only.
+
+        :param webhook_url: the new URL; None clears it, and Neoleads then delivers nothing for the inbox.
+        :return: the inbox, with its signing ``secret``.
+        :raises NeoleadsAuthError: as :meth:`create_api_inbox`.
+        """
+        return dict(
+            self._as_administrator(
+                "change an inbox's webhook_url",
+                "PATCH",
+                f"inboxes/{int(inbox_id)}",
+                json={"channel": {"webhook_url": webhook_url}},
+                idempotent=True,
+            )
+        )
+
+    def reset_inbox_secret(self, inbox_id: int) -> dict[str, Any]:
+        """Give an API inbox a new signing secret (``POST /inboxes/{id}/reset_secret``); administrators only.
+
+        Neoleads signs with the new secret at once, so the receiver must accept it before the next event.
+
+        :return: the inbox, with the new ``secret``.
+        :raises NeoleadsNotFoundError: the inbox does not exist, or is not an API inbox.
+        :raises NeoleadsAuthError: as :meth:`create_api_inbox`.
+        """
+        # Replaying is harmless: each reset only replaces the secret, and the answer we act on carries the
+        # one that is current when it returns.
+        return dict(
+            self._as_administrator(
+                "reset an inbox's signing secret",
+                "POST",
+                f"inboxes/{int(inbox_id)}/reset_secret",
+                idempotent=True,
+            )
+        )
+
+    def _as_administrator(self, action: str, method: str, path: str, **kwargs: Any) -> Any:
+        """Send an administrator-only request; turn a 401 for a non-administrator into an error naming the role.
+
+        Neoleads answers a role denial with the same 401 as a bad token ("You are not authorized to do this
+        action"), so the profile is read to tell the two apart.
+        """
+        try:
+            return self.request(method, path, **kwargs)
+        except NeoleadsAuthError as exc:
+            role = self._role_in_account()
+            if role is None or role == "administrator":
+                raise
+            raise NeoleadsAuthError(
+                exc.method,
+                exc.path,
+                exc.status_code,
+                f"{exc.server_message}. To {action}, connection {self.neoleads_conn_id!r} needs an "
+                f"administrator's API access token, but its token belongs to a user whose role in account "
+                f"{self.account_id} is {role!r}",
+                body=exc.body,
+            ) from None
+
+    def _role_in_account(self) -> str | None:
+        """The token's role in the connection's account, or None when the profile cannot tell."""
+        try:
+            profile = self.get_profile()
+        except NeoleadsError:
+            return None
+        for account in profile.get("accounts") or []:
+            if account.get("id") == self.account_id:
+                return str(account.get("role") or "") or None
+        return None
 
     # ------------------------------------------------------------------ contacts
 
