@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv clean
+.PHONY: demo airflow test lint venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,12 @@ venv: $(BIN)/python
 # sandbox and the standalone webhook receiver, then prints the ids each step produced.
 demo: venv
 	$(BIN)/python scripts/demo.py
+
+# A real Airflow on PostgreSQL (API server with the webhook receiver, scheduler, DAG processor, triggerer)
+# plus the sandbox, to click through the UI: prints the URL and the login; Ctrl-C stops everything.
+# AIRFLOW_ARGS="--port 8081 --pg-url postgresql+psycopg://user:pass@host/db" to change the defaults.
+airflow: venv
+	$(BIN)/python scripts/airflow_local.py $(AIRFLOW_ARGS)
 
 test: venv
 	$(BIN)/ruff check neoleads_provider dags tests benchmarks scripts

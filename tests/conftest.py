@@ -16,6 +16,9 @@ _HOME = Path(tempfile.mkdtemp(prefix="neoleads-airflow-home-"))
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+# Unit-test mode would give every process its own random Fernet key, and a trigger's kwargs encrypted by
+# one `airflow dags test` process could not be read by the next. A fixed test-only key keeps them readable.
+os.environ.setdefault("AIRFLOW__CORE__FERNET_KEY", "V1TRAjVODAMv26m2vK4j5Eq1LU6YbeW5tpqbgVkyjFs=")
 os.environ.setdefault("AIRFLOW__NEOLEADS__EVENTS_DB_URL", f"sqlite:///{_HOME / 'neoleads_events.db'}")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

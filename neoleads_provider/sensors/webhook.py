@@ -16,7 +16,12 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+
+try:
+    from airflow.sdk import conf
+except ImportError:  # Airflow 3.1: the Task SDK does not export the configuration yet.
+    from airflow.configuration import conf
 
 from neoleads_provider.connection import DEFAULT_CONN_ID
 from neoleads_provider.exceptions import NeoleadsConfigError, NeoleadsError
@@ -333,7 +338,10 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> Any:
         """Resume after the trigger fired: return the matched event, or fail (or skip) as the trigger says."""
-        from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
+        try:
+            from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
+        except ImportError:  # Airflow 3.1 has them in airflow.exceptions only.
+            from airflow.exceptions import AirflowSensorTimeout, AirflowSkipException
 
         status = event.get("status") if isinstance(event, Mapping) else None
         if status == "success":

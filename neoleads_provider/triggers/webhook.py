@@ -1,7 +1,10 @@
 """Wait in the triggerer for a stored Neoleads webhook event (and, optionally, for the message in the API).
 
-The trigger polls the event store every ``poll_interval`` seconds with the same indexed query the sensor
-uses, in a worker thread so the triggerer's event loop never blocks on the database. Neoleads never
+The trigger runs the same indexed query the sensor uses every ``poll_interval`` seconds, in a worker thread
+so the triggerer's event loop never blocks on the database, and also as soon as the triggerer's shared
+:class:`~neoleads_provider.store.watch.StoreWatcher` sees new rows for its conversation or inbox (within about
+0.2 s): a reply wakes its trigger quickly even with a long ``poll_interval``, which then only bounds the idle
+load (one query per waiting trigger per ``poll_interval``, plus the watcher's five a second). Neoleads never
 retries a webhook it failed to deliver, so with ``poll_api`` the trigger also reads the conversation's
 messages through the API every ``api_poll_interval`` seconds and accepts a match found there.
 
@@ -44,6 +47,9 @@ DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_API_POLL_INTERVAL = 30.0
 # While the store is down the wait between looks doubles up to this, so a long outage costs little.
 MAX_OUTAGE_BACKOFF = 30.0
+# Woken by the store watcher, a trigger still waits this long after its previous look (or poll_interval, if
+# shorter), so a burst of deliveries to its conversation costs it a few queries, not one per delivery.
+MIN_LOOK_GAP = 0.1
 # A store or API outage is logged when it starts and then at most this often, not on every look.
 OUTAGE_LOG_EVERY = 60.0
 # GET .../messages?after=<id> returns at most this many newer messages per call.
@@ -188,7 +194,7 @@ class NeoleadsWebhookTrigger(BaseTrigger):
     :param event_filter: :meth:`EventFilter.to_dict` of what to wait for.
     :param neoleads_conn_id: the ``neoleads`` connection, used for ``poll_api``.
     :param events_db_url: the store's SQLAlchemy URL; None reads ``[neoleads] events_db_url``.
-    :param poll_interval: seconds between store looks.
+    :param poll_interval: seconds between store looks; new rows also wake the trigger in between.
     :param poll_api: also look for the message through the API (fills lost deliveries).
     :param api_poll_interval: seconds between API looks.
     :param end_time: unix time (seconds) after which to give up with a ``timeout`` event; None waits
@@ -246,17 +252,28 @@ class NeoleadsWebhookTrigger(BaseTrigger):
         return self.repr(classpath, kwargs)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow.sdk.exceptions import AirflowNotFoundException
+        try:
+            from airflow.sdk.exceptions import AirflowNotFoundException
+        except ImportError:  # Airflow 3.1 has it in airflow.exceptions only.
+            from airflow.exceptions import AirflowNotFoundException
         from sqlalchemy.exc import SQLAlchemyError
 
         from neoleads_provider.exceptions import NeoleadsError
         from neoleads_provider.store.migrate import EventStoreSchemaError
+        from neoleads_provider.store.watch import interest_of, watcher_for
 
         loop = asyncio.get_running_loop()
         next_api_look = loop.time()
         store_failures = 0
         last_outage_log = float("-inf")
+        # One watcher per triggerer wakes the triggers waiting on a conversation (or inbox) as soon as rows
+        # for it are stored, so a reply is seen within a fraction of a second whatever poll_interval is.
+        watcher = watcher_for(self.events_db_url)
+        interest = interest_of(self._filter)
         while True:
+            # Read before looking: a change during the look then ends the wait below at once.
+            seen_version = watcher.version
+            looked_at = loop.time()
             delay = self.poll_interval
             try:
                 found = await asyncio.to_thread(look_in_store, self.events_db_url, self._filter)
@@ -322,7 +339,11 @@ class NeoleadsWebhookTrigger(BaseTrigger):
                     )
                     return
                 delay = min(delay, remaining)
-            await asyncio.sleep(delay)
+            if store_failures:
+                await asyncio.sleep(delay)
+            elif await watcher.wait(seen_version, delay, interest):
+                # Woken by new rows: look now, but never more often than every MIN_LOOK_GAP seconds.
+                await asyncio.sleep(max(0.0, min(delay, MIN_LOOK_GAP) - (loop.time() - looked_at)))
 
     async def _look_in_api(self) -> dict[str, Any] | None:
         if self._hook is None:

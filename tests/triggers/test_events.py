@@ -1,0 +1,627 @@
+"""NeoleadsEventTrigger: serialization, the cursor, and run() against real SQLite and PostgreSQL stores.
+
+The asset state store is Airflow's own ``AssetStateStoreAccessors`` (3.3+); only the triggerer's channel to
+its supervisor (``SUPERVISOR_COMMS``), which needs a running triggerer, is replaced by a small in-memory one
+that answers the same messages. The deployment test runs the trigger in a real triggerer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from neoleads_provider.store.engine import dispose_engines, get_engine
+from neoleads_provider.store.migrate import migrate
+from neoleads_provider.store.repository import insert_event, insert_event_id
+from neoleads_provider.store.schema import webhook_events
+from neoleads_provider.triggers import events as events_module
+from neoleads_provider.triggers.events import CursorState, NeoleadsEventTrigger
+from neoleads_provider.webhooks.payload import extract_event_fields
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+CLASSPATH = "neoleads_provider.triggers.events.NeoleadsEventTrigger"
+
+
+def message(
+    message_id: int,
+    *,
+    message_type: str = "incoming",
+    content: str = "hi",
+    inbox_id: int = 1,
+    conversation_id: int = 7001,
+    private: bool = False,
+) -> dict[str, Any]:
+    sender = {"id": 301, "name": "Ada"} if message_type == "incoming" else {"id": 3, "type": "user"}
+    return {
+        "event": "message_created",
+        "id": message_id,
+        "content": content,
+        "message_type": message_type,
+        "private": private,
+        "created_at": "2026-06-01T10:00:00.000Z",
+        "sender": sender,
+        "account": {"id": 1, "name": "Acme"},
+        "inbox": {"id": inbox_id, "name": "API"},
+        "conversation": {"id": conversation_id, "inbox_id": inbox_id},
+    }
+
+
+def store(url: str, *payloads: dict[str, Any], received_at: datetime | None = None) -> list[int]:
+    """Insert deliveries the way the receiver does; return their row ids."""
+    ids = []
+    with get_engine(url).begin() as conn:
+        for payload in payloads:
+            event_id = insert_event_id(
+                conn,
+                delivery_id=str(uuid.uuid4()),
+                conn_id="neoleads_default",
+                fields=extract_event_fields(payload),
+                body=json.dumps(payload),
+                received_at=received_at or datetime.now(UTC),
+            )
+            assert event_id is not None
+            ids.append(event_id)
+    return ids
+
+
+@pytest.fixture(autouse=True)
+def _fresh_engines() -> Iterator[None]:
+    dispose_engines()
+    yield
+    dispose_engines()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    migrate(get_engine(url))
+    return url
+
+
+@pytest.fixture
+def pg_schema_url(pg_url: str) -> Iterator[str]:
+    # A schema of its own: other test runs may use the same database at the same time.
+    schema = f"nl_evtrig_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in pg_url else "?"
+    url = f"{pg_url}{separator}options={quote(f'-csearch_path={schema}')}"
+    try:
+        migrate(get_engine(url))
+        yield url
+    finally:
+        dispose_engines()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+# -- Airflow's asset state store, with the triggerer's supervisor channel in memory -------------------------
+
+
+class FakeSupervisorComms:
+    """Answers the asset-state-store messages the way the triggerer's supervisor does, from a dict."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], Any] = {}
+        self.fail = False
+
+    async def asend(self, msg: Any) -> Any:
+        from airflow.sdk.exceptions import ErrorType
+        from airflow.sdk.execution_time.comms import AssetStateStoreResult, ErrorResponse, OKResponse
+
+        if self.fail:
+            raise ConnectionError("supervisor went away")
+        if msg.type == "GetAssetStateStoreByName":
+            if (msg.name, msg.key) not in self.values:
+                return ErrorResponse(error=ErrorType.ASSET_STORE_NOT_FOUND)
+            return AssetStateStoreResult(value=self.values[(msg.name, msg.key)])
+        if msg.type == "SetAssetStateStoreByName":
+            # The supervisor stores JSON text; a round trip catches values that are not JSON.
+            self.values[(msg.name, msg.key)] = json.loads(json.dumps(msg.value))
+            return OKResponse(ok=True)
+        raise AssertionError(f"unexpected message {msg!r}")
+
+    def send(self, msg: Any) -> Any:
+        raise AssertionError("the trigger must not block the event loop with a synchronous send")
+
+
+@pytest.fixture
+def comms(monkeypatch: pytest.MonkeyPatch) -> FakeSupervisorComms:
+    try:
+        from airflow.sdk.execution_time.context import AssetStateStoreAccessors  # noqa: F401
+    except ImportError:
+        pytest.skip(
+            "Airflow before 3.3 has no asset state store (the trigger keeps its cursor in memory there)"
+        )
+    from airflow.sdk.execution_time import task_runner
+
+    fake = FakeSupervisorComms()
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", fake, raising=False)
+    return fake
+
+
+def state_store(*asset_names: str) -> Any:
+    """What the triggerer injects into a watcher's trigger: accessors for the watched assets."""
+    from airflow.sdk import Asset
+    from airflow.sdk.execution_time.context import AssetStateStoreAccessors
+
+    return AssetStateStoreAccessors(inlets=[Asset(name=name) for name in asset_names or ("incoming",)])
+
+
+def make(url: str, store_=None, **kwargs: Any) -> NeoleadsEventTrigger:
+    kwargs.setdefault("poll_interval", 0.05)
+    trig = NeoleadsEventTrigger(events_db_url=url, **kwargs)
+    trig.asset_state_store = store_
+    return trig
+
+
+class Running:
+    """Runs a trigger's generator in the background and collects what it fires, like the triggerer."""
+
+    def __init__(self, trig: NeoleadsEventTrigger) -> None:
+        self.trigger = trig
+        self.fired: list[dict[str, Any]] = []
+        self._gen: AsyncIterator[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Running:
+        self._gen = self.trigger.run()
+
+        async def consume() -> None:
+            assert self._gen is not None
+            async for event in self._gen:
+                self.fired.append(event.payload)
+
+        self._task = asyncio.create_task(consume())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self._task
+        await self.trigger.cleanup()
+
+    async def wait_for(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.fired) < count:
+            assert self._task is not None
+            if self._task.done():
+                self._task.result()
+                raise AssertionError("the trigger's run() ended")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.fired)} events fired, expected {count}: {self.fired}")
+            await asyncio.sleep(0.02)
+        return self.fired
+
+    async def settle(self, seconds: float = 0.4) -> list[dict[str, Any]]:
+        """Let it look several more times; return everything fired so far."""
+        await asyncio.sleep(seconds)
+        return self.fired
+
+
+def logged(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> str:
+    """What was logged: Airflow 3.3 renders a trigger's ``self.log`` with structlog, to stdout."""
+    return caplog.text + capsys.readouterr().out
+
+
+def message_ids(fired: list[dict[str, Any]]) -> list[int]:
+    return [event["message_id"] for event in fired]
+
+
+def saved_cursor(comms: FakeSupervisorComms, trig: NeoleadsEventTrigger, asset: str = "incoming") -> Any:
+    return comms.values.get((asset, trig.cursor_key))
+
+
+@pytest.fixture
+def quick_save(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Fired ids are saved this soon after they were yielded (5 s in production)."""
+    monkeypatch.setattr(events_module, "CURSOR_SAVE_DELAY", 0.1)
+    return 0.1
+
+
+# -- construction and serialization --------------------------------------------------------------------------
+
+
+def test_serialization_round_trip():
+    trig = NeoleadsEventTrigger(
+        events=["message_created", "conversation_created"],
+        account_id=1,
+        inbox_id=2,
+        message_types="incoming",
+        content_pattern="(?i)price",
+        events_db_url="postgresql+psycopg://u:p@db/neoleads",
+        start_from=12,
+        poll_interval=3,
+        batch_size=50,
+        settle_seconds=10,
+    )
+    classpath, kwargs = trig.serialize()
+    assert classpath == CLASSPATH
+    assert kwargs == {
+        "events": ["message_created", "conversation_created"],
+        "account_id": 1,
+        "inbox_id": 2,
+        "conversation_id": None,
+        "message_types": ["incoming"],
+        "include_private": False,
+        "sender_types": None,
+        "content_pattern": "(?i)price",
+        "events_db_url": "postgresql+psycopg://u:p@db/neoleads",
+        "start_from": 12,
+        "poll_interval": 3.0,
+        "batch_size": 50,
+        "settle_seconds": 10.0,
+        "cursor_key": trig.cursor_key,
+    }
+    assert json.loads(json.dumps(kwargs)) == kwargs
+    assert NeoleadsEventTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+def test_the_defaults_watch_incoming_public_messages_from_the_end():
+    trig = NeoleadsEventTrigger()
+    _, kwargs = trig.serialize()
+    assert kwargs["events"] == ["message_created"]
+    assert kwargs["message_types"] == ["incoming"]
+    assert kwargs["include_private"] is False
+    assert kwargs["start_from"] == "end"
+    assert trig.cursor_key.startswith("neoleads_event_cursor_")
+
+
+def test_an_asset_watcher_accepts_it():
+    from airflow.sdk import Asset, AssetWatcher
+    from airflow.triggers.base import BaseEventTrigger
+
+    trig = NeoleadsEventTrigger(inbox_id=1)
+    assert isinstance(trig, BaseEventTrigger)
+    asset = Asset("neoleads_incoming", watchers=[AssetWatcher(name="incoming", trigger=trig)])
+    assert asset.watchers[0].trigger is trig
+
+
+def test_cursor_key_follows_the_filter_and_store_not_the_timing():
+    base = NeoleadsEventTrigger(inbox_id=1, events_db_url="postgresql+psycopg://u:pw1@db/x")
+    assert (
+        base.cursor_key
+        == NeoleadsEventTrigger(
+            inbox_id=1, events_db_url="postgresql+psycopg://u:pw1@db/x", poll_interval=9, batch_size=7
+        ).cursor_key
+    )
+    # Another password for the same database is the same store (and the password never enters the key).
+    assert (
+        base.cursor_key
+        == NeoleadsEventTrigger(inbox_id=1, events_db_url="postgresql+psycopg://u:pw2@db/x").cursor_key
+    )
+    assert (
+        base.cursor_key
+        != NeoleadsEventTrigger(inbox_id=2, events_db_url="postgresql+psycopg://u:pw1@db/x").cursor_key
+    )
+    assert (
+        base.cursor_key
+        != NeoleadsEventTrigger(inbox_id=1, events_db_url="postgresql+psycopg://u:pw1@db/y").cursor_key
+    )
+    assert NeoleadsEventTrigger(cursor_key="mine").cursor_key == "mine"
+
+
+def test_repr_hides_the_database_password():
+    trig = NeoleadsEventTrigger(events_db_url="postgresql+psycopg://u:s3cret-pw@db/neoleads")
+    assert "s3cret-pw" not in repr(trig)
+    assert "db/neoleads" in repr(trig)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message_text"),
+    [
+        ({"events": ["message_sent"]}, "unknown event names"),
+        ({"message_types": ["inbound"]}, "unknown types"),
+        ({"content_pattern": "("}, "content_pattern"),
+        ({"start_from": "middle"}, "start_from must be"),
+        ({"start_from": -1}, "start_from must be"),
+        ({"poll_interval": 0}, "poll_interval must be a positive number"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"settle_seconds": -1}, "settle_seconds must be a positive number"),
+        ({"cursor_key": ""}, "cursor_key must be"),
+        ({"events_db_url": " "}, "events_db_url must be"),
+    ],
+)
+def test_bad_arguments_fail_when_the_dag_is_parsed(kwargs, message_text):
+    with pytest.raises(ValueError, match=message_text):
+        NeoleadsEventTrigger(**kwargs)
+
+
+# -- the cursor's saved form ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (41, CursorState(after_id=41)),
+        ("41", CursorState(after_id=41)),
+        (
+            {"version": 1, "after_id": 41, "fired": [40, 43, 45]},
+            CursorState(after_id=41, fired={43: None, 45: None}),
+        ),
+        ({"after_id": -1}, None),
+        ({"after_id": 3, "fired": "4"}, None),
+        ({"after_id": True}, None),
+        (True, None),
+        ("soon", None),
+        ([1, 2], None),
+    ],
+)
+def test_cursor_state_from_saved_values(value, expected):
+    assert CursorState.from_json(value) == expected
+
+
+# -- run(): the asset state store ---------------------------------------------------------------------------
+
+
+async def test_first_start_begins_at_the_end_and_fires_each_new_match_once(sqlite_url, comms, quick_save):
+    old = store(sqlite_url, message(90001), message(90002))
+    trig = make(sqlite_url, state_store(), inbox_id=1)
+    async with Running(trig) as running:
+        await running.settle(0.2)
+        assert running.fired == []
+        # The start is saved at once, so a restart before the first event starts from the same place.
+        assert CursorState.from_json(saved_cursor(comms, trig)) == CursorState(after_id=old[-1])
+
+        store(
+            sqlite_url,
+            message(90003, content="first"),
+            message(90004, message_type="outgoing", content="our own answer's echo"),
+            message(90005, private=True, content="a private note"),
+            message(90006, inbox_id=2, content="another inbox"),
+            message(90007, content="second"),
+        )
+        fired = await running.wait_for(2)
+        await running.settle()
+
+    assert message_ids(running.fired) == [90003, 90007]
+    first = fired[0]
+    assert first["source"] == "webhook"
+    assert first["event"] == "message_created"
+    assert (first["account_id"], first["inbox_id"], first["conversation_id"]) == (1, 1, 7001)
+    assert first["message_type"] == "incoming"
+    assert first["payload"]["content"] == "first"
+    assert first["payload"]["sender"]["name"] == "Ada"
+    assert isinstance(first["event_id"], int)
+    assert isinstance(first["delivery_id"], str)
+    assert json.loads(json.dumps(fired)) == fired
+
+
+async def test_a_restarted_trigger_never_refires_and_catches_up_on_what_came_while_down(
+    sqlite_url, comms, quick_save
+):
+    states = state_store()
+    async with Running(make(sqlite_url, states)) as running:
+        await running.settle(0.1)
+        store(sqlite_url, message(90010, content="before the restart"))
+        await running.wait_for(1)
+        # Saved only once the fired id is past the hand-over delay.
+        await running.settle(quick_save + 0.2)
+    cursor = CursorState.from_json(saved_cursor(comms, running.trigger))
+    assert cursor is not None
+    assert cursor.fired.keys() | {cursor.after_id} >= {running.fired[0]["event_id"]}
+
+    # Stored while no triggerer ran.
+    store(sqlite_url, message(90011, content="while down"))
+    # A new instance (a new triggerer process) with the same filter: the same cursor key.
+    async with Running(make(sqlite_url, state_store())) as restarted:
+        await restarted.wait_for(1)
+        store(sqlite_url, message(90012, content="after the restart"))
+        await restarted.wait_for(2)
+        await restarted.settle()
+    assert message_ids(restarted.fired) == [90011, 90012]
+
+
+async def test_an_event_not_yet_handed_over_fires_again_after_a_crash(sqlite_url, comms, monkeypatch):
+    """At-least-once in the crash window: a fired id is saved only CURSOR_SAVE_DELAY after it fired."""
+    monkeypatch.setattr(events_module, "CURSOR_SAVE_DELAY", 60.0)
+    async with Running(make(sqlite_url, state_store())) as running:
+        await running.settle(0.1)
+        store(sqlite_url, message(90020))
+        await running.wait_for(1)
+        await running.settle()
+    cursor = CursorState.from_json(saved_cursor(comms, running.trigger))
+    assert cursor is not None
+    assert cursor.fired == {}
+    async with Running(make(sqlite_url, state_store())) as restarted:
+        await restarted.wait_for(1)
+        await restarted.settle()
+    assert message_ids(restarted.fired) == [90020]
+
+
+@pytest.mark.parametrize(("after_first", "expected"), [(False, [90030, 90031]), (True, [90031])])
+async def test_start_from_on_the_very_first_start(sqlite_url, comms, after_first, expected):
+    ids = store(sqlite_url, message(90030), message(90031))
+    trig = make(sqlite_url, state_store(), start_from=ids[0] if after_first else "beginning")
+    async with Running(trig) as running:
+        await running.wait_for(len(expected))
+        await running.settle()
+    assert message_ids(running.fired) == expected
+
+
+async def test_the_cursor_can_be_rewound_by_hand(sqlite_url, comms):
+    ids = store(sqlite_url, message(90040), message(90041), message(90042))
+    trig = make(sqlite_url, state_store())
+    # What an operator does through the REST API: PUT the state-store key to a bare event id.
+    comms.values[("incoming", trig.cursor_key)] = ids[0]
+    async with Running(trig) as running:
+        await running.wait_for(2)
+        await running.settle()
+    assert message_ids(running.fired) == [90041, 90042]
+
+
+async def test_a_saved_value_that_is_not_a_cursor_is_ignored_and_logged(sqlite_url, comms, caplog):
+    store(sqlite_url, message(90050))
+    trig = make(sqlite_url, state_store())
+    comms.values[("incoming", trig.cursor_key)] = {"after_id": "yesterday"}
+    with caplog.at_level(logging.ERROR, logger="neoleads_provider.triggers.events"):
+        async with Running(trig) as running:
+            await running.settle(0.3)
+    assert running.fired == []
+    assert "not a cursor" in caplog.text
+    assert CursorState.from_json(saved_cursor(comms, trig)) is not None
+
+
+async def test_one_trigger_on_two_assets_keeps_its_cursor_in_both(sqlite_url, comms, quick_save):
+    trig = make(sqlite_url, state_store("orders", "support"))
+    async with Running(trig) as running:
+        await running.settle(0.1)
+        store(sqlite_url, message(90060))
+        await running.wait_for(1)
+        await running.settle(quick_save + 0.2)
+    assert saved_cursor(comms, trig, "orders") == saved_cursor(comms, trig, "support") is not None
+
+
+async def test_it_waits_for_the_state_store_instead_of_guessing(sqlite_url, comms):
+    store(sqlite_url, message(90070))
+    comms.fail = True
+    async with Running(make(sqlite_url, state_store(), start_from="beginning")) as running:
+        await running.settle(0.3)
+        assert running.fired == []
+        comms.fail = False
+        await running.wait_for(1, timeout=15)
+    assert message_ids(running.fired) == [90070]
+
+
+# -- run(): the store ---------------------------------------------------------------------------------------
+
+
+async def test_content_pattern_and_event_names(sqlite_url, comms):
+    trig = make(sqlite_url, state_store(), events=["message_created"], content_pattern=r"(?i)\bprice\b")
+    async with Running(trig) as running:
+        await running.settle(0.1)
+        store(sqlite_url, message(90080, content="hello"), message(90081, content="What is the PRICE?"))
+        await running.wait_for(1)
+        await running.settle()
+    assert message_ids(running.fired) == [90081]
+
+
+async def test_a_store_without_schema_yet_is_an_empty_store(tmp_path, comms):
+    url = f"sqlite:///{tmp_path / 'not-yet.db'}"
+    trig = make(url, state_store())
+    async with Running(trig) as running:
+        await running.settle(0.2)
+        assert CursorState.from_json(saved_cursor(comms, trig)) == CursorState(after_id=0)
+        # The receiver creates the schema on its first delivery.
+        migrate(get_engine(url))
+        store(url, message(90090))
+        await running.wait_for(1)
+    assert message_ids(running.fired) == [90090]
+
+
+async def test_an_unreachable_store_is_waited_out_without_ending_the_watcher(comms, caplog, capsys):
+    trig = make("postgresql+psycopg://u:p@127.0.0.1:1/nothing", state_store())
+    with caplog.at_level(logging.WARNING):
+        async with Running(trig) as running:
+            await running.settle(0.5)
+    assert running.fired == []
+    assert "cannot place its cursor yet" in logged(caplog, capsys)
+
+
+async def test_late_commits_below_the_newest_fired_id_still_fire_once(sqlite_url, comms, quick_save):
+    """A row whose id is smaller than one already fired (it committed later) fires too, exactly once."""
+    start = store(sqlite_url, message(90100))[0]
+    trig = make(sqlite_url, state_store(), settle_seconds=0.5)
+    async with Running(trig) as running:
+        await running.settle(0.1)
+        late_id = start + 1
+        with get_engine(sqlite_url).begin() as conn:
+            # The receiver that took id late_id has not committed yet; a later one already has.
+            body = message(90102, content="committed first")
+            conn.execute(
+                webhook_events.insert().values(
+                    id=start + 2,
+                    delivery_id="second",
+                    conn_id="neoleads_default",
+                    **extract_event_fields(body).as_columns(),
+                    received_at=datetime.now(UTC),
+                    body=json.dumps(body),
+                )
+            )
+        await running.wait_for(1)
+        with get_engine(sqlite_url).begin() as conn:
+            body = message(90101, content="committed late")
+            conn.execute(
+                webhook_events.insert().values(
+                    id=late_id,
+                    delivery_id="first",
+                    conn_id="neoleads_default",
+                    **extract_event_fields(body).as_columns(),
+                    received_at=datetime.now(UTC) - timedelta(seconds=0.2),
+                    body=json.dumps(body),
+                )
+            )
+        await running.wait_for(2)
+        # Both settle: the watermark passes them and the saved cursor no longer lists them.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            cursor = CursorState.from_json(saved_cursor(comms, trig))
+            if cursor is not None and cursor.after_id == start + 2:
+                break
+            await asyncio.sleep(0.05)
+        await running.settle()
+    assert message_ids(running.fired) == [90102, 90101]
+    assert cursor == CursorState(after_id=start + 2)
+
+
+@pytest.mark.postgres
+async def test_postgresql_concurrent_receivers_commit_out_of_order(pg_schema_url, comms, quick_save):
+    """Two real transactions: the one holding the smaller id commits after the larger one was fired."""
+    trig = make(pg_schema_url, state_store())
+    slow = create_engine(pg_schema_url)
+    try:
+        async with Running(trig) as running:
+            await running.settle(0.2)
+            with slow.connect() as slow_conn:
+                slow_tx = slow_conn.begin()
+                body = message(90201, content="slow receiver")
+                insert_event(
+                    slow_conn,
+                    delivery_id="slow",
+                    conn_id="neoleads_default",
+                    fields=extract_event_fields(body),
+                    body=json.dumps(body),
+                    received_at=datetime.now(UTC),
+                )
+                store(pg_schema_url, message(90202, content="fast receiver"))
+                await running.wait_for(1)
+                slow_tx.commit()
+            await running.wait_for(2)
+            await running.settle()
+    finally:
+        slow.dispose()
+    fired = running.fired
+    assert message_ids(fired) == [90202, 90201]
+    assert fired[1]["event_id"] < fired[0]["event_id"]
+
+
+# -- run(): without a state store (Airflow before 3.3) --------------------------------------------------------
+
+
+async def test_without_a_state_store_every_start_is_at_the_end(sqlite_url, caplog, capsys):
+    store(sqlite_url, message(90300))
+    with caplog.at_level(logging.WARNING):
+        async with Running(make(sqlite_url, None, start_from="beginning")) as running:
+            await running.settle(0.2)
+            store(sqlite_url, message(90301))
+            await running.wait_for(1)
+            await running.settle()
+    assert message_ids(running.fired) == [90301]
+    assert "needs a durable cursor" in logged(caplog, capsys)
+    async with Running(make(sqlite_url, None)) as restarted:
+        await restarted.settle(0.3)
+    assert restarted.fired == []
