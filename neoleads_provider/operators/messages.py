@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import TYPE_CHECKING, Any
 
-from neoleads_provider.exceptions import NeoleadsConfigError
+from neoleads_provider.exceptions import NeoleadsConfigError, NeoleadsError, NeoleadsTransportError
 from neoleads_provider.operators.base import NeoleadsBaseOperator, as_id
 from neoleads_provider.operators.links import CONVERSATION_URL_KEY, NeoleadsConversationLink
 
@@ -36,6 +37,9 @@ class NeoleadsSendMessageOperator(NeoleadsBaseOperator):
     :param template_params: WhatsApp template: ``name``, ``category``, ``language``, ``processed_params``. (templated)
     :param attachments: local file paths, sent as multipart (at most 15). (templated)
     :param source_id: your own external id for the message; default: one derived from the task instance. (templated)
+    :param reconcile_timeout: when the send's outcome is unknown (a timeout or a dropped connection after the
+        request left), keep looking for the message this many seconds before failing the try, so that a
+        retry never resends a message the server is still committing. 0 leaves it to the retry.
     :return: ``{"message_id", "conversation_id"}``.
     """
 
@@ -66,6 +70,7 @@ class NeoleadsSendMessageOperator(NeoleadsBaseOperator):
         template_params: dict[str, Any] | None = None,
         attachments: list[str] | None = None,
         source_id: str | None = None,
+        reconcile_timeout: float = 60.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -78,6 +83,7 @@ class NeoleadsSendMessageOperator(NeoleadsBaseOperator):
         self.template_params = template_params
         self.attachments = attachments
         self.source_id = source_id
+        self.reconcile_timeout = reconcile_timeout
 
     def execute(self, context: Context) -> dict[str, Any]:
         conversation_id = as_id("conversation_id", self.conversation_id)
@@ -91,19 +97,47 @@ class NeoleadsSendMessageOperator(NeoleadsBaseOperator):
                     "Message %s was already delivered by an earlier try; not sending it again", earlier["id"]
                 )
                 return {"message_id": int(earlier["id"]), "conversation_id": conversation_id}
-        message = self.hook.send_message(
-            conversation_id,
-            self.content or None,
-            message_type=self.message_type,
-            private=_as_bool("private", self.private),
-            content_type=self.content_type or None,
-            content_attributes=self.content_attributes or None,
-            template_params=self.template_params or None,
-            attachments=list(self.attachments or ()),
-            source_id=source_id,
-        )
+        try:
+            message = self.hook.send_message(
+                conversation_id,
+                self.content or None,
+                message_type=self.message_type,
+                private=_as_bool("private", self.private),
+                content_type=self.content_type or None,
+                content_attributes=self.content_attributes or None,
+                template_params=self.template_params or None,
+                attachments=list(self.attachments or ()),
+                source_id=source_id,
+            )
+        except NeoleadsTransportError as exc:
+            if not exc.maybe_delivered:
+                raise
+            # The server may still be committing it: a retry looking right away would not see it and send
+            # it again. Wait here, where the time of the send is known, for it to show up.
+            earlier = self._reconcile(conversation_id, source_id)
+            if earlier is None:
+                raise
+            self.log.warning("The send's answer was lost, but message %s was delivered", earlier["id"])
+            return {"message_id": int(earlier["id"]), "conversation_id": conversation_id}
         self.log.info("Sent message %s into conversation %s", message["id"], conversation_id)
         return {"message_id": int(message["id"]), "conversation_id": conversation_id}
+
+    def _reconcile(self, conversation_id: int, source_id: str) -> dict[str, Any] | None:
+        """Look for the message every few seconds, for at most ``reconcile_timeout`` seconds."""
+        if self.reconcile_timeout <= 0:
+            return None
+        deadline = time.monotonic() + max(0.0, float(self.reconcile_timeout))
+        pause = 1.0
+        while True:
+            try:
+                found = self.hook.find_message_by_source_id(conversation_id, source_id)
+            except NeoleadsError as exc:
+                self.log.warning("Looking for the message failed; will look again: %s", exc)
+                found = None
+            if found is not None or time.monotonic() + pause > deadline:
+                return found
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 def _as_bool(name: str, value: Any) -> bool:

@@ -240,6 +240,21 @@ async def _drop_connection(receive: Receive) -> bool:
     return True
 
 
+async def _buffer_request(receive: Receive) -> Receive:
+    """Read the request body now; return a ``receive`` that replays it, then waits as the original would."""
+    messages: list[Message] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            break
+
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replay
+
+
 class SandboxMiddleware:
     """Outermost ASGI layer: request log, fault injection, and the JSON 500 for unhandled errors."""
 
@@ -303,6 +318,10 @@ class SandboxMiddleware:
 
                 await self._call(scope, receive, capture)
             if rule.delay:
+                if not (rule.after_commit or rule.drop or rule.status is not None):
+                    # A real server has the whole request before it is slow, and applies it even if the client
+                    # gives up meanwhile; without this, the app would read a disconnect instead of the body.
+                    receive = await _buffer_request(receive)
                 await asyncio.sleep(rule.delay)
             if rule.drop:
                 record(None)

@@ -8,6 +8,7 @@ and the metadata database, as Airflow does outside its servers.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,14 @@ __all__ = ["create_server_app", "serve"]
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("neoleads_provider.webhooks.access")
+
+
+def _printable(text: Any) -> str:
+    """The path as one log line: a percent-decoded ``%0d%0a`` must not forge a second line."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 class AccessLogMiddleware:
@@ -52,7 +61,7 @@ class AccessLogMiddleware:
                 '%s "%s %s" %s %.1f ms',
                 client[0] if client else "-",
                 scope.get("method"),
-                scope.get("path"),
+                _printable(scope.get("path")),
                 status or 500,
                 (time.perf_counter() - started) * 1000,
             )
@@ -101,4 +110,21 @@ def serve(
     app = create_server_app(engine_factory=lambda: get_engine(db_url))
     log.info("Receiving Neoleads webhooks at http://%s:%s%s/webhooks/<conn_id>", host, port, URL_PREFIX)
     # uvicorn's own access log prints query strings; AccessLogMiddleware replaces it.
+    _plain_access_log(log_level)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level=log_level)
+
+
+def _plain_access_log(log_level: str) -> None:
+    """Write access lines straight to stderr in a plain format, as uvicorn's own access log would.
+
+    Passed on to Airflow's logging set-up (a structlog formatter), each line cost more CPU than verifying
+    and storing the delivery it describes.
+    """
+    if any(getattr(handler, "neoleads_plain_access", False) for handler in access_log.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+    handler.neoleads_plain_access = True  # type: ignore[attr-defined]
+    access_log.addHandler(handler)
+    access_log.propagate = False
+    access_log.setLevel(log_level.upper())

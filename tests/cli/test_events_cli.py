@@ -19,7 +19,7 @@ from neoleads_provider.cli.main import main
 from neoleads_provider.store.engine import dispose_engines, get_engine
 from neoleads_provider.store.migrate import migrate
 from neoleads_provider.store.repository import insert_event
-from neoleads_provider.store.schema import webhook_events
+from neoleads_provider.store.schema import SCHEMA_VERSION, webhook_events
 from neoleads_provider.webhooks.payload import extract_event_fields
 
 if TYPE_CHECKING:
@@ -157,10 +157,10 @@ def test_bad_arguments_exit_2_with_a_clear_message(capsys, argv: list[str], mess
 def test_migrate_then_again(capsys, db_url: str) -> None:
     code, out, _ = run(capsys, "events", "migrate", "--db-url", db_url)
     assert code == 0
-    assert "migrated from schema version 0 to 1" in out
+    assert f"migrated from schema version 0 to {SCHEMA_VERSION}" in out
     code, out, _ = run(capsys, "events", "migrate", "--db-url", db_url)
     assert code == 0
-    assert "already at schema version 1" in out
+    assert f"already at schema version {SCHEMA_VERSION}" in out
 
 
 def test_migrate_uses_the_configured_url(capsys, monkeypatch, tmp_path) -> None:
@@ -319,7 +319,7 @@ def test_real_subprocesses(tmp_path) -> None:
         env=_env(),
     )
     assert migrate_run.returncode == 0, migrate_run.stderr
-    assert "migrated from schema version 0 to 1" in migrate_run.stdout
+    assert f"migrated from schema version 0 to {SCHEMA_VERSION}" in migrate_run.stdout
 
     engine = get_engine(url)
     delivery_id = store(engine)

@@ -27,6 +27,8 @@ with DAG(dag_id="neoleads_retry_send", schedule=None, start_date=START, catchup=
         task_id="send_message",
         conversation_id=conversation.output["conversation_id"],
         content="exactly once",
+        # Exercise the retry path: the first try gives up at once instead of reconciling itself.
+        reconcile_timeout=0,
         retries=2,
         retry_delay=timedelta(seconds=0),
     )
