@@ -11,7 +11,7 @@ PACKAGE = "neoleads_provider"
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Describe the provider: its hook, operators, sensor, trigger, connection form, links, config and plugin."""
+    """Describe the provider: its hook, operators, sensor, trigger, connection form, links, config, plugin and CLI."""
     return {
         "package-name": "airflow-provider-neoleads",
         "name": "Neoleads",
@@ -32,11 +32,17 @@ def get_provider_info() -> dict[str, Any]:
                     f"{PACKAGE}.operators.contacts",
                     f"{PACKAGE}.operators.conversations",
                     f"{PACKAGE}.operators.messages",
+                    f"{PACKAGE}.operators.bulk",
                 ],
             }
         ],
         "sensors": [{"integration-name": "Neoleads", "python-modules": [f"{PACKAGE}.sensors.webhook"]}],
-        "triggers": [{"integration-name": "Neoleads", "python-modules": [f"{PACKAGE}.triggers.webhook"]}],
+        "triggers": [
+            {
+                "integration-name": "Neoleads",
+                "python-modules": [f"{PACKAGE}.triggers.webhook", f"{PACKAGE}.triggers.events"],
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "neoleads",
@@ -107,6 +113,12 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Required with unsigned webhooks: senders must add ?token=<this> to the URL.",
                         "schema": {"type": ["string", "null"], "format": "password"},
                     },
+                    "inbox_id": {
+                        "label": "API inbox ID",
+                        "description": "The API inbox whose webhook feeds the receiver. `neoleads inboxes create` "
+                        "sets it; `neoleads doctor` checks that inbox.",
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
+                    },
                 },
             }
         ],
@@ -132,4 +144,6 @@ def get_provider_info() -> dict[str, Any]:
             }
         },
         "plugins": [{"name": "neoleads", "plugin-class": f"{PACKAGE}.plugins.NeoleadsPlugin"}],
+        # `airflow neoleads ...` (Airflow 3.2+; older versions ignore the key and use the `neoleads` script).
+        "cli": [f"{PACKAGE}.cli.airflow_cli.get_cli_commands"],
     }

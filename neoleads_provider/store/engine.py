@@ -7,18 +7,29 @@ SQLite gets WAL so readers (sensors) never block the writer (the receiver); Post
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from sqlalchemy.engine import URL, Engine
 
-__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "dispose_engines", "get_engine", "get_events_db_url", "safe_url"]
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "dispose_engines",
+    "get_engine",
+    "get_events_db_url",
+    "safe_url",
+    "write_lock",
+]
 
 DEFAULT_DB_FILENAME = "neoleads_events.db"
 # A writer waits this long for another writer's lock instead of failing at once with "database is locked".
@@ -26,6 +37,7 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+_write_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 
 
 def get_events_db_url() -> str:
@@ -98,6 +110,23 @@ def get_engine(url: str | None = None) -> Engine:
             engine = _create(_normalise(key))
             _engines[key] = engine
         return engine
+
+
+def write_lock(engine: Engine) -> AbstractContextManager[Any]:
+    """Hold this around a write transaction: on SQLite it queues this process's writers on a lock.
+
+    SQLite allows one writer at a time. Without the lock, concurrent threads collide on the database lock
+    and SQLite's busy handler puts the losers to sleep for milliseconds at a time, so a burst of writers
+    (the receiver's worker threads) spends more time asleep than writing. Writers in other processes
+    still meet the busy handler. Other databases lock rows, not the file: no lock there.
+    """
+    if engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    with _lock:
+        lock = _write_locks.get(engine)
+        if lock is None:
+            lock = _write_locks[engine] = threading.Lock()
+    return lock
 
 
 def dispose_engines() -> None:

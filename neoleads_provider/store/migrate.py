@@ -19,7 +19,13 @@ from sqlalchemy.exc import DBAPIError
 
 from neoleads_provider.exceptions import NeoleadsError
 from neoleads_provider.store.engine import safe_url
-from neoleads_provider.store.schema import SCHEMA_VERSION, metadata, schema_versions, webhook_events
+from neoleads_provider.store.schema import (
+    SCHEMA_VERSION,
+    metadata,
+    schema_versions,
+    send_records,
+    webhook_events,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,10 +49,15 @@ def _step_1_create_event_table(conn: Connection) -> None:
     metadata.create_all(conn, tables=[webhook_events], checkfirst=True)
 
 
+def _step_2_create_send_record_table(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[send_records], checkfirst=True)
+
+
 # version -> the step that brings the schema from version-1 to version. Steps must be idempotent
 # (checkfirst / IF NOT EXISTS), so a step interrupted before its version row was written can run again.
 STEPS: dict[int, Callable[[Connection], None]] = {
     1: _step_1_create_event_table,
+    2: _step_2_create_send_record_table,
 }
 assert max(STEPS) == SCHEMA_VERSION, "every SCHEMA_VERSION needs a migration step"
 
@@ -73,14 +84,18 @@ def _apply_steps(conn: Connection) -> int:
             SCHEMA_VERSION,
         )
         return version
+    reached = version
     for step_version in sorted(STEPS):
         if step_version <= version:
             continue
         log.info("Migrating the Neoleads event store to schema version %s", step_version)
         STEPS[step_version](conn)
-        conn.execute(insert(schema_versions).values(version=step_version, applied_at=datetime.now(UTC)))
-        version = step_version
-    return version
+        reached = step_version
+    if reached != version:
+        # All steps share this one transaction, so one row for the version reached records the same
+        # thing as a row per step would.
+        conn.execute(insert(schema_versions).values(version=reached, applied_at=datetime.now(UTC)))
+    return reached
 
 
 def _migrate_once(engine: Engine) -> int:

@@ -11,6 +11,7 @@ Datetimes go in and come out timezone-aware in UTC; a naive datetime passed in i
 from __future__ import annotations
 
 import dataclasses
+import functools
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,15 +22,19 @@ from neoleads_provider.store.records import StoredEvent
 from neoleads_provider.store.schema import webhook_events
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from sqlalchemy import Connection, Row
 
     from neoleads_provider.webhooks.payload import EventFields
 
 __all__ = [
+    "NewEvent",
     "count_older_than",
     "get_event",
     "insert_event",
     "insert_event_id",
+    "insert_events",
     "last_received_at",
     "list_events",
     "purge_older_than",
@@ -44,12 +49,37 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def _columns(fields: EventFields) -> dict[str, Any]:
+    # A shallow copy: dataclasses.asdict deep-copies every value, which costs more than the insert itself.
+    return {item.name: getattr(fields, item.name) for item in dataclasses.fields(fields)}
+
+
 def _event_from_row(row: Row[Any]) -> StoredEvent:
     event = StoredEvent.from_row(row)
     # SQLite keeps no zone; everything is written in UTC, so say so on the way out.
     if event.received_at.tzinfo is None:
         event = dataclasses.replace(event, received_at=event.received_at.replace(tzinfo=UTC))
     return event
+
+
+@functools.cache
+def _upsert_statement(dialect: str, returning: bool) -> Any:
+    """``INSERT ... ON CONFLICT (delivery_id) DO NOTHING [RETURNING id]``, built once per dialect."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    # ON CONFLICT DO NOTHING: a duplicate is not an error, so a PostgreSQL transaction is not aborted by it.
+    statement = dialect_insert(webhook_events).on_conflict_do_nothing(
+        index_elements=[webhook_events.c.delivery_id]
+    )
+    return statement.returning(webhook_events.c.id) if returning else statement
+
+
+@functools.cache
+def _upsert_many_statement(dialect: str) -> Any:
+    """The upsert, returning each new row's delivery id with its id (a multi-row insert's order is not kept)."""
+    return _upsert_statement(dialect, False).returning(webhook_events.c.id, webhook_events.c.delivery_id)
 
 
 def insert_event(
@@ -90,26 +120,20 @@ def insert_event_id(
     values = {
         "delivery_id": delivery_id,
         "conn_id": conn_id,
-        **fields.as_columns(),
+        **_columns(fields),
         "received_at": _utc(received_at),
         "body": body,
     }
     dialect = conn.dialect.name
     if dialect in ("postgresql", "sqlite"):
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        # ON CONFLICT DO NOTHING: a duplicate is not an error, so a PostgreSQL transaction is not aborted by it.
-        statement = (
-            dialect_insert(webhook_events)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=[webhook_events.c.delivery_id])
-        )
-        if conn.dialect.insert_returning:
+        returning = bool(conn.dialect.insert_returning)
+        statement = _upsert_statement(dialect, returning)
+        # The values go in as parameters, not into the statement: it is compiled once per process instead
+        # of once per delivery (building and caching a statement around a 2 KB body costs more than the insert).
+        if returning:
             # With RETURNING the driver reports no rowcount; the returned row is the answer.
-            return conn.execute(statement.returning(webhook_events.c.id)).scalar()
-        result = conn.execute(statement)
+            return conn.execute(statement, values).scalar()
+        result = conn.execute(statement, values)
         return result.lastrowid if result.rowcount == 1 else None
     # Other databases: a savepoint confines the unique-key violation to this one statement.
     try:
@@ -121,6 +145,78 @@ def insert_event_id(
             raise
         return None
     return int(result.inserted_primary_key[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class NewEvent:
+    """One delivery to insert with :func:`insert_events`."""
+
+    delivery_id: str
+    conn_id: str
+    fields: EventFields
+    body: str
+    received_at: datetime
+
+
+def insert_events(conn: Connection, events: Sequence[NewEvent]) -> list[tuple[int, bool]]:
+    """Insert several deliveries in one statement; return ``(event id, inserted)`` per event, in order.
+
+    ``inserted`` is False for a delivery id already stored, or repeated earlier in ``events``: its id is
+    the stored event's. One multi-row statement costs about as much as one single-row insert, which is
+    what lets the receiver commit a batch of concurrent deliveries at once.
+    """
+    dialect = conn.dialect.name
+    if dialect not in ("postgresql", "sqlite") or not conn.dialect.insert_returning:
+        results = []
+        for new in events:
+            new_id = insert_event_id(
+                conn,
+                delivery_id=new.delivery_id,
+                conn_id=new.conn_id,
+                fields=new.fields,
+                body=new.body,
+                received_at=new.received_at,
+            )
+            if new_id is None:
+                existing = get_event(conn, delivery_id=new.delivery_id)
+                if existing is None:
+                    raise RuntimeError("a duplicate delivery's stored event could not be read back")
+                results.append((existing.id, False))
+            else:
+                results.append((new_id, True))
+        return results
+    params = [
+        {
+            "delivery_id": new.delivery_id,
+            "conn_id": new.conn_id,
+            **_columns(new.fields),
+            "received_at": _utc(new.received_at),
+            "body": new.body,
+        }
+        for new in events
+    ]
+    statement = _upsert_many_statement(dialect)
+    inserted = {row.delivery_id: row.id for row in conn.execute(statement, params)}
+    missing = {new.delivery_id for new in events} - set(inserted)
+    stored: dict[str, int] = {}
+    if missing:
+        rows = conn.execute(
+            select(webhook_events.c.delivery_id, webhook_events.c.id).where(
+                webhook_events.c.delivery_id.in_(missing)
+            )
+        )
+        stored = {row.delivery_id: row.id for row in rows}
+    results = []
+    for new in events:
+        new_id = inserted.pop(new.delivery_id, None)
+        if new_id is not None:
+            stored[new.delivery_id] = new_id
+            results.append((new_id, True))
+            continue
+        if new.delivery_id not in stored:
+            raise RuntimeError("a duplicate delivery's stored event could not be read back")
+        results.append((stored[new.delivery_id], False))
+    return results
 
 
 def get_event(

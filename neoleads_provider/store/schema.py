@@ -1,4 +1,4 @@
-"""The event store's one table: a row per webhook delivery.
+"""The event store's tables: a row per webhook delivery, and a row per bulk-outreach send.
 
 The indexed columns are copied out of the payload at receive time so that a sensor's query never has to
 parse JSON: waiting on a conversation is an index range scan whatever the table's size.
@@ -27,7 +27,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -59,6 +59,25 @@ webhook_events = Table(
     Index(None, "account_id", "inbox_id", "event", "id"),
     # Retention deletes by age.
     Index(None, "received_at"),
+)
+
+# The bulk operator's idempotency record: one row per (task instance, input row). ``pending`` is written with
+# the message's deterministic source_id before the message is sent, ``sent`` after, so a rerun skips what was
+# sent and checks the API for what may have been (see store/sends.py).
+send_records = Table(
+    "neoleads_send_record",
+    metadata,
+    Column("dag_id", String(250), primary_key=True),
+    Column("run_id", String(250), primary_key=True),
+    Column("task_id", String(250), primary_key=True),
+    Column("map_index", Integer, primary_key=True, autoincrement=False),
+    Column("row_key", String(255), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("source_id", String(64), nullable=False),
+    Column("contact_id", BigInteger),
+    Column("conversation_id", BigInteger),
+    Column("message_id", BigInteger),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 schema_versions = Table(

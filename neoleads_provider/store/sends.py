@@ -1,0 +1,198 @@
+"""The bulk operator's idempotency record (table ``neoleads_send_record``). Functions take a ``Connection``
+first and never commit, like the rest of ``store/``.
+
+A row is keyed by the task instance (``dag_id``, ``run_id``, ``task_id``, ``map_index``) and the input row's
+``row_key``. The operator writes it ``pending``, with the message's deterministic ``source_id`` and the
+conversation it goes to, *before* it posts the message, and ``sent`` with the message id after. A rerun of
+the same task instance therefore skips ``sent`` rows, and for ``pending`` ones asks the API whether the
+message with that ``source_id`` is already in the conversation (the POST may have committed while its
+answer was lost) before sending it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import delete, func, select, update
+
+from neoleads_provider.store.schema import send_records
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+__all__ = [
+    "SendKey",
+    "SendRecord",
+    "count_by_state",
+    "load_records",
+    "mark_pending",
+    "mark_sent",
+    "purge_older_than",
+]
+
+SendState = Literal["pending", "sent"]
+MAX_ROW_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class SendKey:
+    """The task instance a bulk send belongs to."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+
+    def where(self) -> list[Any]:
+        columns = send_records.c
+        return [
+            columns.dag_id == self.dag_id,
+            columns.run_id == self.run_id,
+            columns.task_id == self.task_id,
+            columns.map_index == self.map_index,
+        ]
+
+
+@dataclass(frozen=True)
+class SendRecord:
+    """One input row's send state."""
+
+    row_key: str
+    state: SendState
+    source_id: str
+    contact_id: int | None
+    conversation_id: int | None
+    message_id: int | None
+    updated_at: datetime
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def load_records(conn: Connection, key: SendKey) -> dict[str, SendRecord]:
+    """Return every record of this task instance, by ``row_key`` (one indexed query: the primary key's prefix)."""
+    columns = send_records.c
+    statement = select(
+        columns.row_key,
+        columns.state,
+        columns.source_id,
+        columns.contact_id,
+        columns.conversation_id,
+        columns.message_id,
+        columns.updated_at,
+    ).where(*key.where())
+    records = {}
+    for row in conn.execute(statement):
+        values = row._asdict()
+        if values["updated_at"].tzinfo is None:
+            # SQLite keeps no zone; everything is written in UTC.
+            values["updated_at"] = values["updated_at"].replace(tzinfo=UTC)
+        records[row.row_key] = SendRecord(**values)
+    return records
+
+
+def count_by_state(conn: Connection, key: SendKey) -> dict[str, int]:
+    """Return ``{state: count}`` for this task instance."""
+    statement = select(send_records.c.state, func.count()).where(*key.where()).group_by(send_records.c.state)
+    return {state: int(count) for state, count in conn.execute(statement)}
+
+
+def _upsert(
+    conn: Connection, key: SendKey, row_key: str, values: dict[str, Any], *, only_pending: bool
+) -> None:
+    if len(row_key) > MAX_ROW_KEY_LENGTH:
+        raise ValueError(f"row_key must be at most {MAX_ROW_KEY_LENGTH} characters, got {len(row_key)}")
+    identity = {
+        "dag_id": key.dag_id,
+        "run_id": key.run_id,
+        "task_id": key.task_id,
+        "map_index": key.map_index,
+        "row_key": row_key,
+    }
+    dialect = conn.dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        statement = dialect_insert(send_records).values(**identity, **values)
+        statement = statement.on_conflict_do_update(
+            index_elements=list(identity),
+            set_={name: statement.excluded[name] for name in values},
+            # A pending write must never turn a sent record back into a pending one.
+            where=(send_records.c.state == "pending") if only_pending else None,
+        )
+        conn.execute(statement)
+        return
+    # Other databases: update first, insert if there was nothing to update.
+    where = [*key.where(), send_records.c.row_key == row_key]
+    if only_pending:
+        where.append(send_records.c.state == "pending")
+    if conn.execute(update(send_records).where(*where).values(**values)).rowcount:
+        return
+    exists = conn.execute(
+        select(send_records.c.state).where(*key.where(), send_records.c.row_key == row_key)
+    ).first()
+    if exists is None:
+        conn.execute(send_records.insert().values(**identity, **values))
+
+
+def mark_pending(
+    conn: Connection,
+    key: SendKey,
+    row_key: str,
+    *,
+    source_id: str,
+    contact_id: int | None,
+    conversation_id: int,
+) -> None:
+    """Record that the message for ``row_key`` is about to be sent into ``conversation_id``.
+
+    A record already ``sent`` is left alone.
+    """
+    values = {
+        "state": "pending",
+        "source_id": source_id,
+        "contact_id": contact_id,
+        "conversation_id": conversation_id,
+        "message_id": None,
+        "updated_at": _now(),
+    }
+    _upsert(conn, key, row_key, values, only_pending=True)
+
+
+def mark_sent(
+    conn: Connection,
+    key: SendKey,
+    row_key: str,
+    *,
+    source_id: str,
+    contact_id: int | None,
+    conversation_id: int,
+    message_id: int,
+) -> None:
+    """Record that the message for ``row_key`` is in the conversation, as message ``message_id``."""
+    values = {
+        "state": "sent",
+        "source_id": source_id,
+        "contact_id": contact_id,
+        "conversation_id": conversation_id,
+        "message_id": message_id,
+        "updated_at": _now(),
+    }
+    _upsert(conn, key, row_key, values, only_pending=False)
+
+
+def purge_older_than(conn: Connection, cutoff: datetime) -> int:
+    """Delete records last updated before ``cutoff``; return how many.
+
+    After that, a rerun of those task instances would send their rows again: keep records at least as long
+    as a run may be cleared and rerun.
+    """
+    if cutoff.tzinfo is None:
+        cutoff = cutoff.replace(tzinfo=UTC)
+    result = conn.execute(delete(send_records).where(send_records.c.updated_at < cutoff))
+    return int(result.rowcount or 0)

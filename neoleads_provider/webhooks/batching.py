@@ -1,0 +1,132 @@
+"""Run blocking work for async request handlers on one thread, in batches (group commit).
+
+The receiver commits every delivery before it answers. One transaction per delivery, each on its own
+worker thread, spends most of its time on per-transaction overhead and on threads taking turns at the
+interpreter lock and at SQLite's single write lock. Instead, handlers :meth:`BatchRunner.submit` their
+delivery and await the answer; one thread takes everything queued so far (up to ``max_batch``), commits
+it in one transaction, and answers each handler. An idle receiver still commits a lone delivery at once:
+nothing waits to fill a batch, batches form only while the previous commit is running.
+
+Standard library only; nothing here knows about deliveries or databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import threading
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+__all__ = ["BatchRunner"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# An idle runner's thread exits after this long and starts again with the next item, so apps that are
+# built and dropped (tests, reloads) do not leave threads behind.
+IDLE_EXIT_SECONDS = 10.0
+
+_Job = tuple[Any, "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    if future.done():  # the handler was cancelled (client gone); the work was still done
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+class BatchRunner(Generic[T, R]):
+    """Call ``handle(items)`` on one background thread with every item queued so far, in order.
+
+    :param handle: takes a batch and returns one outcome per item, in the same order: a result, or an
+        exception instance that :meth:`submit` raises for that item. If ``handle`` itself raises, every
+        item of the batch gets that exception.
+    :param max_batch: the most items per call.
+    :param name: the thread's name.
+    """
+
+    def __init__(
+        self,
+        handle: Callable[[Sequence[T]], Sequence[R | BaseException]],
+        *,
+        max_batch: int = 256,
+        name: str = "neoleads-batch",
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self._handle = handle
+        self._max_batch = max_batch
+        self._name = name
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    async def submit(self, item: T) -> R:
+        """Queue ``item`` and wait for its outcome.
+
+        :raises BaseException: the exception ``handle`` gave (or raised) for this item.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._queue.put((item, future, loop))
+        self._ensure_thread()
+        return await future
+
+    def _ensure_thread(self) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                # A forked child inherits the queue's items but not the thread that would serve them.
+                self._pid = os.getpid()
+                self._thread = None
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=IDLE_EXIT_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    # Give up the post first, then look: a submit that still saw this thread queued its item
+                    # before the look (so the look finds it), and one that did not starts a new thread.
+                    current, self._thread = self._thread, None
+                    if self._queue.empty():
+                        return
+                    self._thread = current
+                continue
+            jobs = [first]
+            while len(jobs) < self._max_batch:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._process(jobs)
+
+    def _process(self, jobs: list[_Job]) -> None:
+        try:
+            outcomes: Sequence[Any] = self._handle([item for item, _, _ in jobs])
+            if len(outcomes) != len(jobs):
+                raise RuntimeError(f"batch handler returned {len(outcomes)} outcomes for {len(jobs)} items")
+        except BaseException as exc:
+            log.exception("Batch handler %s failed", self._name)
+            outcomes = [exc] * len(jobs)
+        for (_, future, loop), outcome in zip(jobs, outcomes, strict=True):
+            with contextlib.suppress(RuntimeError):  # the handler's event loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_settle, future, outcome)

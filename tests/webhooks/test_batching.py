@@ -1,0 +1,348 @@
+"""Group commit in the receiver: the BatchRunner on its own, and concurrent deliveries through a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import event, func, select
+from sqlalchemy.exc import DataError, OperationalError
+
+from neoleads_provider.store.engine import dispose_engines, get_engine
+from neoleads_provider.store.migrate import migrate
+from neoleads_provider.store.repository import NewEvent, get_event, insert_events
+from neoleads_provider.store.schema import webhook_events
+from neoleads_provider.webhooks import batching
+from neoleads_provider.webhooks.app import _Delivery, _LogThrottle, _Store, create_app
+from neoleads_provider.webhooks.batching import BatchRunner
+from neoleads_provider.webhooks.payload import extract_event_fields
+from neoleads_provider.webhooks.verify import signed_headers
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy import Engine
+
+CONN_ID = "neoleads_batch"
+SECRET = "batch-secret-5e2c7a1f"
+T0 = 1_780_000_000.0
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request, tmp_path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'events.db'}"
+        yield_engine = get_engine(url)
+        migrate(yield_engine)
+        yield yield_engine
+        dispose_engines()
+        return
+    from urllib.parse import quote
+
+    from sqlalchemy import create_engine, text
+
+    base = request.getfixturevalue("pg_url")
+    schema = f"nl_batch_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in base else "?"
+    pg = get_engine(f"{base}{separator}options={quote(f'-csearch_path={schema}')}")
+    migrate(pg)
+    try:
+        yield pg
+    finally:
+        dispose_engines()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def row_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(webhook_events)).scalar_one()
+
+
+def payload(number: int) -> dict[str, Any]:
+    return {
+        "event": "message_created",
+        "id": 10_000 + number,
+        "content": f"reply {number}",
+        "message_type": "incoming",
+        "private": False,
+        "sender": {"id": 7, "name": "Ada"},
+        "account": {"id": 1, "name": "Acme"},
+        "inbox": {"id": 2, "name": "API"},
+        "conversation": {"id": 40 + number % 3, "inbox_id": 2},
+    }
+
+
+# --------------------------------------------------------------------------- BatchRunner
+
+
+async def test_outcomes_reach_the_right_callers_in_batches() -> None:
+    seen: list[list[int]] = []
+    release = threading.Event()
+
+    def handle(items):
+        release.wait(5)  # hold the first call so the rest pile up into one batch
+        seen.append(list(items))
+        return [ValueError(f"odd {item}") if item % 2 else item * 10 for item in items]
+
+    runner: BatchRunner[int, int] = BatchRunner(handle, max_batch=64)
+    tasks = [asyncio.create_task(runner.submit(number)) for number in range(20)]
+    await asyncio.sleep(0.1)
+    release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for number, result in enumerate(results):
+        if number % 2:
+            assert isinstance(result, ValueError)
+            assert str(result) == f"odd {number}"
+        else:
+            assert result == number * 10
+    assert sorted(item for batch in seen for item in batch) == list(range(20))
+    assert len(seen) < 20  # some items shared a call
+    assert max(len(batch) for batch in seen) > 1
+
+
+async def test_a_handler_that_raises_fails_its_whole_batch_only() -> None:
+    calls = []
+
+    def handle(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return list(items)
+
+    runner: BatchRunner[str, str] = BatchRunner(handle)
+    with pytest.raises(RuntimeError, match="boom"):
+        await runner.submit("first")
+    assert await runner.submit("second") == "second"
+
+
+async def test_max_batch_is_respected() -> None:
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def handle(items):
+        gate.wait(5)
+        sizes.append(len(items))
+        return list(items)
+
+    runner: BatchRunner[int, int] = BatchRunner(handle, max_batch=4)
+    tasks = [asyncio.create_task(runner.submit(number)) for number in range(10)]
+    await asyncio.sleep(0.1)
+    gate.set()
+    assert await asyncio.gather(*tasks) == list(range(10))
+    assert max(sizes) <= 4
+
+
+async def test_the_idle_thread_exits_and_comes_back(monkeypatch) -> None:
+    monkeypatch.setattr(batching, "IDLE_EXIT_SECONDS", 0.05)
+    runner: BatchRunner[int, int] = BatchRunner(lambda items: list(items), name="idle-test")
+    assert await runner.submit(1) == 1
+    deadline = time.monotonic() + 5
+    while any(thread.name == "idle-test" for thread in threading.enumerate()):
+        assert time.monotonic() < deadline, "the idle thread never exited"
+        await asyncio.sleep(0.02)
+    # Many submits racing the exit: none may be stranded.
+    for round_number in range(20):
+        results = await asyncio.wait_for(asyncio.gather(*(runner.submit(n) for n in range(5))), timeout=5)
+        assert results == list(range(5))
+        await asyncio.sleep(0.05 * (round_number % 3))
+
+
+def test_max_batch_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        BatchRunner(lambda items: items, max_batch=0)
+
+
+# --------------------------------------------------------------------------- insert_events and save_batch
+
+
+def new_event(number: int, delivery_id: str | None = None) -> NewEvent:
+    body = json.dumps(payload(number))
+    from datetime import UTC, datetime
+
+    return NewEvent(
+        delivery_id or f"d-{number}",
+        CONN_ID,
+        extract_event_fields(json.loads(body)),
+        body,
+        datetime.fromtimestamp(T0, UTC),
+    )
+
+
+def test_insert_events_reports_new_and_duplicate_rows_in_order(engine: Engine) -> None:
+    with engine.begin() as conn:
+        [(first_id, inserted)] = insert_events(conn, [new_event(0)])
+        assert inserted
+    with engine.begin() as conn:
+        results = insert_events(conn, [new_event(1), new_event(0), new_event(2), new_event(1, "d-1")])
+    assert [inserted for _, inserted in results] == [True, False, True, False]
+    assert results[1][0] == first_id
+    assert results[3][0] == results[0][0]
+    with engine.connect() as conn:
+        assert get_event(conn, results[2][0]).payload["content"] == "reply 2"
+    assert row_count(engine) == 3
+
+
+def delivery(number: int, delivery_id: str | None = None, body: bytes | None = None) -> _Delivery:
+    from datetime import UTC, datetime
+
+    raw = body if body is not None else json.dumps(payload(number)).encode()
+    return _Delivery(CONN_ID, delivery_id or f"d-{number}", raw, datetime.fromtimestamp(T0, UTC))
+
+
+def test_save_batch_refuses_only_the_bad_body(engine: Engine) -> None:
+    store = _Store(lambda: engine, None, _LogThrottle())
+    outcomes = store.save_batch([delivery(0), delivery(1, body=b"{not json"), delivery(2), delivery(0)])
+    assert outcomes[0][0] == "stored"
+    assert outcomes[1].status_code == 400
+    assert outcomes[2][0] == "stored"
+    assert outcomes[3] == ("duplicate", outcomes[0][1])
+    assert row_count(engine) == 2
+
+
+def test_a_row_level_error_falls_back_to_one_transaction_per_delivery(engine: Engine) -> None:
+    refused = []
+
+    def refuse_multi_row_inserts(conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.startswith("INSERT") and statement.count("(?") + statement.count("(%(") > 1:
+            refused.append(statement)
+            raise DataError(statement, parameters, Exception("value too long for one row"))
+
+    event.listen(engine, "before_cursor_execute", refuse_multi_row_inserts)
+    try:
+        store = _Store(lambda: engine, None, _LogThrottle())
+        outcomes = store.save_batch([delivery(n) for n in range(5)])
+    finally:
+        event.remove(engine, "before_cursor_execute", refuse_multi_row_inserts)
+    assert len(refused) == 1
+    assert [outcome[0] for outcome in outcomes] == ["stored"] * 5
+    assert row_count(engine) == 5
+
+
+def test_an_outage_refuses_the_whole_batch_and_logs_once(engine: Engine, caplog) -> None:
+    def unavailable(conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.startswith("INSERT"):
+            raise OperationalError(statement, parameters, Exception("database is locked"))
+
+    event.listen(engine, "before_cursor_execute", unavailable)
+    try:
+        store = _Store(lambda: engine, None, _LogThrottle())
+        outcomes = store.save_batch([delivery(n) for n in range(4)])
+    finally:
+        event.remove(engine, "before_cursor_execute", unavailable)
+    assert [(o.status_code, o.headers) for o in outcomes] == [(503, {"Retry-After": "30"})] * 4
+    assert len([r for r in caplog.records if "event store unavailable" in r.getMessage()]) == 1
+    assert row_count(engine) == 0
+
+
+# --------------------------------------------------------------------------- through a real server
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        assert thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_concurrent_deliveries_share_commits_and_each_gets_its_own_answer(
+    monkeypatch, engine: Engine
+) -> None:
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{CONN_ID.upper()}",
+        json.dumps(
+            {
+                "conn_type": "neoleads",
+                "host": "http://127.0.0.1:1",
+                "password": "x",
+                "extra": {"account_id": 1, "webhook_secrets": [SECRET]},
+            }
+        ),
+    )
+    commits: list[float] = []
+
+    def slow_first_commit(conn) -> None:
+        # The first commit takes a while, so the deliveries arriving meanwhile queue up behind it.
+        if not commits:
+            time.sleep(0.3)
+        commits.append(time.monotonic())
+
+    event.listen(engine, "commit", slow_first_commit)
+    requests: list[tuple[str, bytes, dict[str, str]]] = []
+    for number in range(60):
+        body = json.dumps(payload(number)).encode()
+        delivery_id = f"dup-{number - 50}" if number >= 50 else str(uuid.uuid4())
+        requests.append(
+            ("good", body, signed_headers(SECRET, body, timestamp=int(time.time()), delivery_id=delivery_id))
+        )
+    # Ten repeats of deliveries 0-9 under the same id, and three bodies that are not JSON.
+    for number in range(10):
+        _, body, headers = requests[number]
+        requests.append(("repeat", body, headers))
+    for number in range(3):
+        body = b"{broken " + str(number).encode()
+        requests.append(
+            (
+                "bad",
+                body,
+                signed_headers(SECRET, body, timestamp=int(time.time()), delivery_id=f"bad-{number}"),
+            )
+        )
+
+    async def send_all(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(f"{url}/webhooks/{CONN_ID}", content=body, headers=headers)
+                    for _, body, headers in requests
+                )
+            )
+
+    try:
+        with serving(create_app(engine_factory=lambda: engine)) as url:
+            responses = asyncio.run(send_all(url))
+    finally:
+        event.remove(engine, "commit", slow_first_commit)
+
+    by_kind: dict[str, list[httpx.Response]] = {"good": [], "repeat": [], "bad": []}
+    for (kind, _, _), response in zip(requests, responses, strict=True):
+        by_kind[kind].append(response)
+    assert [r.status_code for r in by_kind["bad"]] == [400] * 3
+    good = [r.json() for r in by_kind["good"]]
+    repeats = [r.json() for r in by_kind["repeat"]]
+    assert all(r.status_code == 200 for r in by_kind["good"] + by_kind["repeat"])
+    # Each first delivery and its repeat name the same event; exactly one of the two stored it.
+    for first, repeat in zip(good[:10], repeats, strict=True):
+        assert first["event_id"] == repeat["event_id"]
+        assert sorted([first["status"], repeat["status"]]) == ["duplicate", "stored"]
+    assert len({answer["event_id"] for answer in good}) == 60
+    assert row_count(engine) == 60
+    with engine.connect() as conn:
+        for answer, (_, body, _) in zip(good, requests[:60], strict=True):
+            assert get_event(conn, answer["event_id"]).body == body.decode()
+    # Fewer commits than stored deliveries: they were committed in groups.
+    assert len(commits) < 60
