@@ -91,11 +91,21 @@ def event_filter(conversation_id: int) -> Any:
     return EventFilter(events=("message_created",), account_id=1, conversation_id=conversation_id)
 
 
+async def stagger(conversation_id: int, poll_interval: float) -> None:
+    """Start each waiter at its own point of the poll cycle, as deferred sensors do in a triggerer.
+
+    Started together, every waiter would look at the same moments, and a reply's latency would depend on
+    when the benchmark happens to post it relative to that shared beat.
+    """
+    await asyncio.sleep(random.Random(conversation_id).uniform(0, min(poll_interval, 1.0)))
+
+
 async def wait_with_trigger(
     db_url: str, conversation_id: int, fired: dict[int, float], poll_interval: float
 ) -> None:
     from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
 
+    await stagger(conversation_id, poll_interval)
     trigger = NeoleadsWebhookTrigger(
         event_filter=event_filter(conversation_id).to_dict(),
         events_db_url=db_url,
@@ -114,6 +124,7 @@ async def wait_by_polling(
     from neoleads_provider.triggers.webhook import look_in_store
 
     flt = event_filter(conversation_id)
+    await stagger(conversation_id, poll_interval)
     while True:
         if await asyncio.to_thread(look_in_store, db_url, flt) is not None:
             fired[conversation_id] = time.perf_counter()
