@@ -68,6 +68,13 @@ class TokenBucket:
         self._updated = clock()
         self._lock = threading.Lock()
 
+    def __deepcopy__(self, memo: dict[int, object]) -> TokenBucket:
+        # Airflow deep-copies operators (and the hooks they cached); a lock cannot be copied, and a copy
+        # should start with a full bucket of its own anyway.
+        return TokenBucket(
+            self.rate_per_second * 60, burst=self.capacity, clock=self._clock, sleep=self._sleep
+        )
+
     def __repr__(self) -> str:
         return f"TokenBucket(rate_per_minute={self.rate_per_second * 60:g}, burst={self.capacity})"
 

@@ -77,3 +77,16 @@ def test_a_bad_rate_is_refused(rate) -> None:
 def test_a_bad_burst_is_refused() -> None:
     with pytest.raises(ValueError, match="burst"):
         TokenBucket(60, burst=0)
+
+
+def test_a_deep_copy_is_a_fresh_bucket_with_the_same_limits() -> None:
+    import copy
+
+    clock = FakeClock()
+    bucket = TokenBucket(600, burst=2, clock=clock, sleep=clock.sleep)
+    bucket.acquire()
+    bucket.acquire()
+    twin = copy.deepcopy(bucket)
+    assert (twin.rate_per_second, twin.capacity) == (bucket.rate_per_second, bucket.capacity)
+    assert twin.acquire() == 0.0  # full again
+    assert bucket.acquire() > 0

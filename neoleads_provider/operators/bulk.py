@@ -264,7 +264,8 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
         self.max_failures = max_failures
         self.max_xcom_rows = max_xcom_rows
         self.events_db_url = events_db_url
-        self._stop = threading.Event()
+        # Created in execute(): operators are deep-copied (DAG subsets, mapped tasks), and an Event is not.
+        self._stop: threading.Event | None = None
 
     @cached_property
     def hook(self) -> NeoleadsHook:
@@ -272,7 +273,8 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
         return NeoleadsHook(neoleads_conn_id=self.neoleads_conn_id, rate_limiter=limiter)
 
     def on_kill(self) -> None:
-        self._stop.set()
+        if self._stop is not None:
+            self._stop.set()
 
     # ------------------------------------------------------------------ input
 
@@ -394,6 +396,7 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
             if self.requests_per_minute
             else "no rate limit",
         )
+        self._stop = threading.Event()
         run.run(rows, self.concurrency, self._stop)
         elapsed = time.monotonic() - started
         result = run.result(elapsed, self.max_xcom_rows)

@@ -385,3 +385,16 @@ def test_a_pending_row_whose_conversation_is_gone_starts_over(
     [message] = neoleads_sandbox.state.messages.values()
     assert result["rows"][0]["conversation_id"] != 987654
     assert message.source_id == bulk_source_id(key, "email:c0@example.com")
+
+
+def test_the_operator_can_be_deep_copied_before_and_after_it_made_its_hook(neoleads_connection) -> None:
+    # Airflow deep-copies operators for DAG subsets and mapped tasks.
+    import copy
+
+    operator = make(rows_for(2))
+    copy.deepcopy(operator)
+    assert operator.hook.rate_limiter is None
+    limited = make(rows_for(2), requests_per_minute=600)
+    assert limited.hook.rate_limiter is not None
+    twin = copy.deepcopy(limited)
+    assert twin.task_id == "send"
