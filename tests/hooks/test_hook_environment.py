@@ -19,7 +19,7 @@ def recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
     """A stand-in HTTP proxy on loopback: records each request line and answers a small JSON body."""
     lines: list[bytes] = []
     server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(10)
+    server.settimeout(0.1)  # accept() wakes up this often to see whether the test is over
     body = b'{"payload": []}'
     stop = threading.Event()
 
@@ -27,8 +27,11 @@ def recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
         while not stop.is_set():
             try:
                 client, _ = server.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            client.settimeout(10)
             with client:
                 data = b""
                 while b"\r\n\r\n" not in data:
@@ -51,8 +54,8 @@ def recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
         yield f"http://127.0.0.1:{server.getsockname()[1]}", lines
     finally:
         stop.set()
-        server.close()
         thread.join(5)
+        server.close()
 
 
 def test_http_proxy_from_the_environment_is_used(
