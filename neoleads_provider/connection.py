@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from neoleads_provider.exceptions import NeoleadsConfigError
 from neoleads_provider.webhooks.verify import DEFAULT_HEADER_PREFIX, DEFAULT_TOLERANCE_SECONDS
+from neoleads_provider.whole_numbers import parse_whole_number
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -33,19 +34,7 @@ def _extra_value(extra: Mapping[str, Any], name: str) -> Any:
 
 
 def _as_int(conn_id: str, name: str, value: Any, *, minimum: int | None = None) -> int:
-    try:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError
-        number = int(value)
-    except (TypeError, ValueError):
-        raise NeoleadsConfigError(
-            f"Connection {conn_id!r}: field {name!r} must be a whole number, got {value!r}"
-        ) from None
-    if minimum is not None and number < minimum:
-        raise NeoleadsConfigError(
-            f"Connection {conn_id!r}: field {name!r} must be >= {minimum}, got {number}"
-        )
-    return number
+    return parse_whole_number(value, f"Connection {conn_id!r}: field {name!r}", minimum=minimum)
 
 
 def _as_float(conn_id: str, name: str, value: Any) -> float:

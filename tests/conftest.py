@@ -1,16 +1,25 @@
-"""Test session setup shared by every test.
+"""Test session setup and the fixtures shared by every test directory.
 
 Airflow reads AIRFLOW_HOME when it is first imported, so the throwaway home is set here, at import time,
-before any test module imports Airflow.
+before any test module imports Airflow; the fixtures import the provider inside their bodies for the same
+reason. Plain helpers shared by test modules are in ``tests/_helpers.py``.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from neoleads_provider.testing import NeoleadsSandbox
 
 _HOME = Path(tempfile.mkdtemp(prefix="neoleads-airflow-home-"))
 os.environ["AIRFLOW_HOME"] = str(_HOME)
@@ -38,3 +47,81 @@ def pg_url() -> str:
             pytest.fail("NEOLEADS_REQUIRE_PG=1 but NEOLEADS_TEST_PG_URL is not set")
         pytest.skip("set NEOLEADS_TEST_PG_URL to run the PostgreSQL tests")
     return url
+
+
+# --------------------------------------------------------------------------- event stores
+
+
+@pytest.fixture
+def fresh_engines() -> Iterator[None]:
+    """Dispose of the process's cached store engines before and after the test, so none outlives it."""
+    from neoleads_provider.store.engine import dispose_engines
+
+    dispose_engines()
+    yield
+    dispose_engines()
+
+
+@pytest.fixture
+def pg_schema_url(pg_url: str) -> Iterator[str]:
+    """``pg_url`` with a fresh, empty schema of its own as the search path; the schema is dropped afterwards.
+
+    Other test runs may use the same database at the same time: a schema each keeps them apart.
+    """
+    from sqlalchemy import create_engine, text
+
+    from neoleads_provider.store.engine import dispose_engines
+
+    schema = f"nl_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in pg_url else "?"
+    try:
+        yield f"{pg_url}{separator}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        # Pooled connections would hold the schema's locks against the DROP.
+        dispose_engines()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def events_url(tmp_path: Path) -> Iterator[str]:
+    """A migrated event store in a SQLite file of the test's own; its URL."""
+    from neoleads_provider.store.engine import dispose_engines, get_engine
+    from neoleads_provider.store.migrate import migrate
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    migrate(get_engine(url))
+    yield url
+    dispose_engines()
+
+
+# --------------------------------------------------------------------------- the sandbox
+
+
+@pytest.fixture
+def sandbox_conversation(
+    neoleads_sandbox: NeoleadsSandbox, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, int]:
+    """A sandbox conversation holding one message sent by "the DAG"; no webhook reaches any store.
+
+    ``neoleads_default`` points at the sandbox without retries, so an injected 5xx is seen at once.
+    """
+    from neoleads_provider.hooks.neoleads import NeoleadsHook
+    from tests._helpers import DEFAULT_CONN_ID, use_sandbox_connection
+
+    use_sandbox_connection(monkeypatch, neoleads_sandbox, DEFAULT_CONN_ID, max_retries=0)
+    with NeoleadsHook(neoleads_conn_id=DEFAULT_CONN_ID) as hook:
+        contact = hook.create_contact(
+            name="Ada",
+            email=f"ada-{uuid.uuid4().hex[:8]}@example.com",
+            inbox_id=neoleads_sandbox.api_inbox_id,
+        )
+        conversation = hook.create_conversation(
+            inbox_id=neoleads_sandbox.api_inbox_id, contact_id=contact["contact"]["id"]
+        )
+        sent = hook.send_message(conversation["id"], "Shall we book Tuesday?")
+    return {"conversation_id": int(conversation["id"]), "message_id": int(sent["id"])}

@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,7 +17,16 @@ from fastapi.testclient import TestClient
 from neoleads_provider.plugins import URL_PREFIX, LazyReceiverApp, NeoleadsPlugin, receiver_app
 from neoleads_provider.store.engine import dispose_engines, get_engine
 from neoleads_provider.store.repository import get_event
-from neoleads_provider.webhooks.verify import signed_headers
+from tests._helpers import (
+    child_env,
+    free_port,
+    post_webhook,
+    signed_now,
+    standalone_receiver,
+    stop_process_group,
+    use_connection,
+    wait_until_healthy,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -30,19 +34,6 @@ if TYPE_CHECKING:
 
 SECRET = "plugin-secret-6d2f8a"
 BODY = json.dumps({"event": "message_created", "id": 11, "conversation": {"id": 3}}).encode()
-
-
-def _child_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW_CONN_", "AIRFLOW__"))
-    }
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__NEOLEADS__EVENTS_DB_URL=f"sqlite:///{home / 'events.db'}",
-        **extra,
-    )
-    return env
 
 
 def test_entry_point_names_the_plugin() -> None:
@@ -93,7 +84,7 @@ def test_importing_the_plugin_is_cheap_and_touches_no_database(tmp_path) -> None
         "}))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], env=_child_env(tmp_path), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], env=child_env(tmp_path), capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {
@@ -117,18 +108,13 @@ def test_mounted_the_way_the_api_server_mounts_it(monkeypatch, tmp_path) -> None
 
     db_path = tmp_path / "mounted-events.db"
     monkeypatch.setenv("AIRFLOW__NEOLEADS__EVENTS_DB_URL", f"sqlite:///{db_path}")
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_NL_MOUNTED",
-        json.dumps(
-            {"conn_type": "neoleads", "host": "http://127.0.0.1:1", "extra": {"webhook_secrets": [SECRET]}}
-        ),
-    )
+    use_connection(monkeypatch, "nl_mounted", webhook_secrets=[SECRET])
     parent = FastAPI()
     init_plugins(parent)
     try:
         with TestClient(parent) as client:
             assert client.get("/neoleads/_health").json() == {"status": "ok"}
-            headers = signed_headers(SECRET, BODY, timestamp=int(time.time()), delivery_id="mounted-1")
+            headers = signed_now(SECRET, BODY, "mounted-1")
             response = client.post("/neoleads/webhooks/nl_mounted", content=BODY, headers=headers)
             assert response.status_code == 200, response.text
             assert response.json()["status"] == "stored"
@@ -141,12 +127,6 @@ def test_mounted_the_way_the_api_server_mounts_it(monkeypatch, tmp_path) -> None
 
 
 # --------------------------------------------------------------------------- a real airflow api-server
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 _SETUP_METADATA_DB = """
@@ -170,12 +150,12 @@ with create_session() as session:
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     home = tmp_path_factory.mktemp("api-server-home")
-    env = _child_env(home)
+    env = child_env(home)
     setup = subprocess.run(
         [sys.executable, "-c", _SETUP_METADATA_DB], env=env, capture_output=True, text=True, timeout=240
     )
     assert setup.returncode == 0, setup.stderr[-3000:]
-    port = _free_port()
+    port = free_port()
     log_file = (home / "api-server.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port)],
@@ -186,39 +166,12 @@ def api_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/neoleads/_health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    "airflow api-server did not start:\n" + (home / "api-server.log").read_text()[-3000:]
-                )
-            time.sleep(0.25)
+        wait_until_healthy(base, process, home / "api-server.log", name="airflow api-server", timeout=120)
         yield base, home
     finally:
         # The server runs in its own session (process group), so this stops it and only it.
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+        stop_process_group(process, signal.SIGTERM)
         log_file.close()
-
-
-def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_real_api_server_serves_the_receiver(api_server: tuple[str, Path]) -> None:
@@ -226,8 +179,8 @@ def test_real_api_server_serves_the_receiver(api_server: tuple[str, Path]) -> No
     url = f"{base}/neoleads/webhooks/nl_metadata"
 
     # No Airflow auth in front of the plugin: the receiver's own signature check decides.
-    headers = signed_headers(SECRET, BODY, timestamp=int(time.time()), delivery_id="api-server-1")
-    status, answer = _post(url, BODY, headers)
+    headers = signed_now(SECRET, BODY, "api-server-1")
+    status, answer = post_webhook(url, BODY, headers)
     assert (status, answer["status"]) == (200, "stored")
 
     events_db = get_engine(f"sqlite:///{home / 'events.db'}")
@@ -239,10 +192,10 @@ def test_real_api_server_serves_the_receiver(api_server: tuple[str, Path]) -> No
     finally:
         dispose_engines()
 
-    assert _post(url, BODY, headers) == (200, {**answer, "status": "duplicate"})
-    wrong = signed_headers("not-the-secret", BODY, timestamp=int(time.time()), delivery_id="api-server-2")
-    assert _post(url, BODY, wrong) == (401, {"detail": "unauthorized"})
-    assert _post(f"{base}/neoleads/webhooks/nobody", BODY, headers)[0] == 404
+    assert post_webhook(url, BODY, headers) == (200, {**answer, "status": "duplicate"})
+    wrong = signed_now("not-the-secret", BODY, "api-server-2")
+    assert post_webhook(url, BODY, wrong) == (401, {"detail": "unauthorized"})
+    assert post_webhook(f"{base}/neoleads/webhooks/nobody", BODY, headers)[0] == 404
 
     log = (home / "api-server.log").read_text()
     assert SECRET not in log
@@ -251,45 +204,9 @@ def test_real_api_server_serves_the_receiver(api_server: tuple[str, Path]) -> No
 def test_standalone_receiver_reads_the_metadata_database_too(api_server: tuple[str, Path]) -> None:
     """``neoleads webhooks serve`` runs outside Airflow's server context; the connection still resolves."""
     _, home = api_server
-    port = _free_port()
+    port = free_port()
     db_url = f"sqlite:///{home / 'standalone-events.db'}"
-    log_path = home / "serve.log"
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "neoleads_provider.cli",
-                "webhooks",
-                "serve",
-                "--port",
-                str(port),
-                "--db-url",
-                db_url,
-            ],
-            env=_child_env(home),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/neoleads/_health", timeout=2):
-                        break
-                except (urllib.error.URLError, OSError):
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("serve did not start:\n" + log_path.read_text()[-3000:])
-                time.sleep(0.1)
-            headers = signed_headers(SECRET, BODY, timestamp=int(time.time()), delivery_id="standalone-1")
-            status, answer = _post(f"http://127.0.0.1:{port}/neoleads/webhooks/nl_metadata", BODY, headers)
-            assert (status, answer["status"]) == (200, "stored")
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+    with standalone_receiver(port=port, db_url=db_url, env=child_env(home), log_path=home / "serve.log"):
+        headers = signed_now(SECRET, BODY, "standalone-1")
+        status, answer = post_webhook(f"http://127.0.0.1:{port}/neoleads/webhooks/nl_metadata", BODY, headers)
+        assert (status, answer["status"]) == (200, "stored")

@@ -20,7 +20,6 @@ No secret, token or signature is ever printed.
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import json
 import time
@@ -29,9 +28,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from neoleads_provider.cli.events import with_logs_on_stderr
+from neoleads_provider.cli.events import db_error_text, http_url, with_logs_on_stderr
+from neoleads_provider.cli.inboxes import parse_inbox_id
 
 if TYPE_CHECKING:
+    import argparse
+
     from neoleads_provider.connection import NeoleadsConnectionSettings
     from neoleads_provider.hooks.neoleads import NeoleadsHook
 
@@ -53,23 +55,6 @@ class Check:
     fix: str = ""
 
 
-def _url(text: str) -> str:
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL")
-    return text.strip()
-
-
-def _inbox_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an inbox id (a whole number)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
 def register(subparsers: Any) -> None:
     """Add the ``doctor`` command to the ``neoleads`` parser."""
     parser = subparsers.add_parser(
@@ -82,11 +67,11 @@ def register(subparsers: Any) -> None:
         "--conn-id", default=DEFAULT_CONN_ID, help=f"Airflow connection (default {DEFAULT_CONN_ID})"
     )
     parser.add_argument(
-        "--inbox-id", type=_inbox_id, help="the API inbox to check (default: the connection's inbox_id)"
+        "--inbox-id", type=parse_inbox_id, help="the API inbox to check (default: the connection's inbox_id)"
     )
     parser.add_argument(
         "--receiver-url",
-        type=_url,
+        type=http_url,
         metavar="URL",
         help="the receiver's URL as Neoleads calls it (default: {[api] base_url}/neoleads/webhooks/<conn_id>)",
     )
@@ -574,11 +559,10 @@ def _check_store(ctx: _Context) -> None:
         ctx.skip("last delivery", because="needs the event store")
         return
     except SQLAlchemyError as exc:
-        reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
         ctx.add(
             "event store",
             FAIL,
-            f"cannot use the event store at {where}: {type(exc).__name__}: {reason}",
+            f"cannot use the event store at {where}: {db_error_text(exc)}",
             "check [neoleads] events_db_url: the API server, the triggerer and the workers must share one store",
         )
         ctx.skip("last delivery", because="needs the event store")

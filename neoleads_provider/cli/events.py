@@ -3,6 +3,10 @@
 Commands: ``migrate``, ``purge --older-than 7d [--dry-run]``, ``list`` and ``show``. Each takes
 ``--db-url`` (default ``[neoleads] events_db_url``). Exit status 0 on success, 1 on a store problem or
 an unknown event; argparse exits 2 on bad arguments.
+
+Also what every command module shares (:func:`with_logs_on_stderr`, the argument types :func:`positive_int`
+and :func:`http_url`, :func:`db_error_text`): building the parser, which ``airflow`` does on every start,
+may load only the command modules, so these cannot move to a module of their own.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import re
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -24,7 +29,16 @@ if TYPE_CHECKING:
 
     from neoleads_provider.store.records import StoredEvent
 
-__all__ = ["logs_to_stderr", "parse_duration", "parse_since", "register", "with_logs_on_stderr"]
+__all__ = [
+    "db_error_text",
+    "http_url",
+    "logs_to_stderr",
+    "parse_duration",
+    "parse_since",
+    "positive_int",
+    "register",
+    "with_logs_on_stderr",
+]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_RE = re.compile(r"(?:\d+[smhdw])+")
@@ -93,20 +107,41 @@ def parse_since(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str, *, kind: str = "a whole number") -> int:
+    """Parse an id or a count of at least 1; ``kind`` says what it must be, e.g. "an inbox id (a whole number)".
+
+    :raises argparse.ArgumentTypeError: not a whole number, or less than 1.
+    """
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
 
 
+def http_url(text: str) -> str:
+    """Parse an absolute http(s) URL, without the spaces around it.
+
+    :raises argparse.ArgumentTypeError: another scheme, or no host.
+    """
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL")
+    return text.strip()
+
+
+def db_error_text(exc: BaseException) -> str:
+    """``Type: first line`` of a database error: SQLAlchemy's full text would list the statement's parameters."""
+    reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {reason}"
+
+
 def _limit(text: str) -> int:
     from neoleads_provider.store.repository import MAX_LIST_LIMIT
 
-    value = _positive_int(text)
+    value = positive_int(text)
     if value > MAX_LIST_LIMIT:
         raise argparse.ArgumentTypeError(f"{text!r} is more than the maximum {MAX_LIST_LIMIT}")
     return value
@@ -148,7 +183,7 @@ def register(subparsers: Any) -> None:
     list_ = commands.add_parser("list", parents=[db_url], help="list stored events, newest first")
     list_.add_argument("--conn-id", help="only events received for this connection")
     list_.add_argument("--event", help="only this event, e.g. message_created")
-    list_.add_argument("--conversation-id", type=_positive_int, help="only this conversation (display id)")
+    list_.add_argument("--conversation-id", type=positive_int, help="only this conversation (display id)")
     list_.add_argument(
         "--since", type=parse_since, metavar="WHEN", help="only events received since: 2h, 7d or an ISO time"
     )
@@ -179,9 +214,8 @@ def _engine(args: argparse.Namespace) -> Engine:
 def _store_error(args: argparse.Namespace, exc: Exception) -> int:
     from neoleads_provider.store.engine import get_events_db_url, safe_url
 
-    reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
     where = safe_url(args.db_url or get_events_db_url())
-    return _error(f"cannot use the event store at {where}: {type(exc).__name__}: {reason}")
+    return _error(f"cannot use the event store at {where}: {db_error_text(exc)}")
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -23,36 +23,28 @@ import hmac
 import json
 import sys
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from neoleads_provider.cli.events import with_logs_on_stderr
+from neoleads_provider.cli.events import db_error_text, http_url, positive_int, with_logs_on_stderr
 
 if TYPE_CHECKING:
     from neoleads_provider.hooks.neoleads import NeoleadsHook
 
-__all__ = ["API_CHANNEL", "register"]
+__all__ = ["API_CHANNEL", "parse_inbox_id", "register"]
 
 API_CHANNEL = "Channel::Api"
 DEFAULT_CONN_ID = "neoleads_default"
 
 
-def _http_url(text: str) -> str:
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL")
-    if len(text.strip()) > 2048:
+def _url_argument(text: str) -> str:
+    url = http_url(text)
+    if len(url) > 2048:
         raise argparse.ArgumentTypeError("Neoleads accepts webhook URLs of at most 2048 characters")
-    return text.strip()
+    return url
 
 
-def _inbox_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an inbox id (a whole number)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+def parse_inbox_id(text: str) -> int:
+    """The argument type of ``--inbox-id`` (here and in ``neoleads doctor``)."""
+    return positive_int(text, kind="an inbox id (a whole number)")
 
 
 def _name(text: str) -> str:
@@ -106,7 +98,7 @@ def register(subparsers: Any) -> None:
         "secret with the connection setting that makes the receiver accept it. Needs an administrator token.",
     )
     create.add_argument("--name", required=True, type=_name, help="the inbox name shown in Neoleads")
-    create.add_argument("--webhook-url", type=_http_url, metavar="URL", help=url_help)
+    create.add_argument("--webhook-url", type=_url_argument, metavar="URL", help=url_help)
     create.set_defaults(func=with_logs_on_stderr(_create))
 
     set_webhook = commands.add_parser(
@@ -116,8 +108,8 @@ def register(subparsers: Any) -> None:
         description="Set an API inbox's webhook_url, and print its signing secret with the connection setting "
         "that makes the receiver accept it. Needs an administrator token.",
     )
-    set_webhook.add_argument("--inbox-id", required=True, type=_inbox_id, help="the API inbox id")
-    set_webhook.add_argument("--url", type=_http_url, metavar="URL", help=url_help)
+    set_webhook.add_argument("--inbox-id", required=True, type=parse_inbox_id, help="the API inbox id")
+    set_webhook.add_argument("--url", type=_url_argument, metavar="URL", help=url_help)
     set_webhook.set_defaults(func=with_logs_on_stderr(_set_webhook))
 
     reset = commands.add_parser(
@@ -128,7 +120,7 @@ def register(subparsers: Any) -> None:
         "(the old secrets kept) that makes the receiver accept it. Neoleads signs with the new secret at "
         "once and never retries a refused delivery: use --apply, or update the connection right away.",
     )
-    reset.add_argument("--inbox-id", required=True, type=_inbox_id, help="the API inbox id")
+    reset.add_argument("--inbox-id", required=True, type=parse_inbox_id, help="the API inbox id")
     reset.set_defaults(func=with_logs_on_stderr(_reset_secret))
 
 
@@ -150,12 +142,6 @@ def _channel(inbox: dict[str, Any]) -> str:
 
 def _accepted(secret: str | None, secrets: tuple[str, ...]) -> bool:
     return bool(secret) and any(hmac.compare_digest(secret.encode(), known.encode()) for known in secrets)
-
-
-def _webhook_url(args: argparse.Namespace, given: str | None) -> str | None:
-    from neoleads_provider.cli._connections import receiver_url
-
-    return given or receiver_url(args.conn_id)
 
 
 def _no_url() -> int:
@@ -180,6 +166,25 @@ def _check_apply_possible(conn_id: str) -> str | None:
         f"--apply needs connection {conn_id!r} in the metadata database, but it {where}; "
         "run without --apply and set the printed values where the connection is defined"
     )
+
+
+def _url_to_set(args: argparse.Namespace, given: str | None) -> tuple[str, list[str]] | int:
+    """The webhook URL to set (``given``, else the receiver's) and its warnings, which are printed.
+
+    :return: the exit status instead when there is no URL, or when ``--apply`` could not write the connection
+        (asked before anything changes).
+    """
+    from neoleads_provider.cli._connections import receiver_url, url_warnings
+
+    url = given or receiver_url(args.conn_id)
+    if not url:
+        return _no_url()
+    warnings = url_warnings(url)
+    for warning in warnings:
+        _warn(warning)
+    if args.apply and (problem := _check_apply_possible(args.conn_id)):
+        return _error(problem)
+    return url, warnings
 
 
 # --------------------------------------------------------------------------- list
@@ -255,17 +260,13 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from neoleads_provider.cli._connections import hook_for, shown_url, url_warnings
+    from neoleads_provider.cli._connections import hook_for, shown_url
     from neoleads_provider.exceptions import NeoleadsError
 
-    url = _webhook_url(args, args.webhook_url)
-    if not url:
-        return _no_url()
-    warnings = url_warnings(url)
-    for warning in warnings:
-        _warn(warning)
-    if args.apply and (problem := _check_apply_possible(args.conn_id)):
-        return _error(problem)
+    target = _url_to_set(args, args.webhook_url)
+    if isinstance(target, int):
+        return target
+    url, warnings = target
     try:
         hook = hook_for(args.conn_id)
         same_name = [
@@ -287,17 +288,13 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _set_webhook(args: argparse.Namespace) -> int:
-    from neoleads_provider.cli._connections import hook_for, url_warnings
+    from neoleads_provider.cli._connections import hook_for
     from neoleads_provider.exceptions import NeoleadsError, NeoleadsNotFoundError
 
-    url = _webhook_url(args, args.url)
-    if not url:
-        return _no_url()
-    warnings = url_warnings(url)
-    for warning in warnings:
-        _warn(warning)
-    if args.apply and (problem := _check_apply_possible(args.conn_id)):
-        return _error(problem)
+    target = _url_to_set(args, args.url)
+    if isinstance(target, int):
+        return target
+    url, warnings = target
     try:
         hook = hook_for(args.conn_id)
         try:
@@ -385,9 +382,7 @@ def _report(
             apply_error = str(exc)
         except Exception as exc:
             # Reported after the secret is printed: the inbox exists now, and its secret must not be lost.
-            # Only the driver's first line: SQLAlchemy's full text would list the statement's parameters.
-            reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
-            apply_error = f"{type(exc).__name__}: {reason}"
+            apply_error = db_error_text(exc)
 
     if args.json:
         print(

@@ -17,25 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from neoleads_provider.cli.events import with_logs_on_stderr
+from neoleads_provider.cli.events import db_error_text, http_url, positive_int, with_logs_on_stderr
+from neoleads_provider.webhook_events import WEBHOOK_EVENTS
 
 __all__ = ["DEFAULT_EVENTS", "WEBHOOK_EVENTS", "register", "sample_payload"]
 
-# Chatwoot's ALLOWED_WEBHOOK_EVENTS (app/models/webhook.rb); repeated here so ``--help`` imports nothing.
-WEBHOOK_EVENTS = (
-    "conversation_status_changed",
-    "conversation_updated",
-    "conversation_created",
-    "contact_created",
-    "contact_updated",
-    "message_created",
-    "message_updated",
-    "webwidget_triggered",
-    "inbox_created",
-    "inbox_updated",
-    "conversation_typing_on",
-    "conversation_typing_off",
-)
 # What the sensors and triggers wait for: replies and conversation state. Typing and contact events are
 # chatty and rarely worth a row each.
 DEFAULT_EVENTS = (
@@ -66,23 +52,6 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
     return port
-
-
-def _http_url(text: str) -> str:
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL")
-    return text.strip()
-
-
-def _id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -117,7 +86,7 @@ def register(subparsers: Any) -> None:
     reg.add_argument(
         "--url",
         required=True,
-        type=_http_url,
+        type=http_url,
         help="the receiver URL, e.g. https://airflow.example.com/neoleads/webhooks/neoleads_default",
     )
     reg.add_argument(
@@ -132,12 +101,14 @@ def register(subparsers: Any) -> None:
     reg.set_defaults(func=with_logs_on_stderr(_register))
 
     test = commands.add_parser("send-test", help="post one signed sample delivery to a receiver URL")
-    test.add_argument("--url", required=True, type=_http_url, help="the receiver URL")
+    test.add_argument("--url", required=True, type=http_url, help="the receiver URL")
     test.add_argument("--secret", help="the signing secret (one of the connection's webhook_secrets)")
     test.add_argument("--event", default="message_created", choices=WEBHOOK_EVENTS, help="event to send")
-    test.add_argument("--conversation-id", type=_id, default=1, help="conversation display id (default 1)")
-    test.add_argument("--account-id", type=_id, default=1, help="account id (default 1)")
-    test.add_argument("--inbox-id", type=_id, default=1, help="inbox id (default 1)")
+    test.add_argument(
+        "--conversation-id", type=positive_int, default=1, help="conversation display id (default 1)"
+    )
+    test.add_argument("--account-id", type=positive_int, default=1, help="account id (default 1)")
+    test.add_argument("--inbox-id", type=positive_int, default=1, help="inbox id (default 1)")
     test.add_argument(
         "--content", default="Test message from neoleads webhooks send-test", help="message text"
     )
@@ -167,10 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         serve(args.host, args.port, db_url=args.db_url, log_level=args.log_level)
     except SQLAlchemyError as exc:
-        reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
-        print(
-            f"error: cannot open or migrate the event store: {type(exc).__name__}: {reason}", file=sys.stderr
-        )
+        print(f"error: cannot open or migrate the event store: {db_error_text(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -31,6 +31,7 @@ from neoleads_provider.exceptions import (
     NeoleadsTransportError,
     NeoleadsValidationError,
 )
+from neoleads_provider.webhook_events import WEBHOOK_EVENTS
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -41,20 +42,6 @@ log = logging.getLogger(__name__)
 
 MESSAGE_TYPES = ("outgoing", "incoming")
 CONVERSATION_STATUSES = ("open", "resolved", "pending", "snoozed")
-WEBHOOK_EVENTS = (
-    "conversation_status_changed",
-    "conversation_updated",
-    "conversation_created",
-    "contact_created",
-    "contact_updated",
-    "message_created",
-    "message_updated",
-    "webwidget_triggered",
-    "inbox_created",
-    "inbox_updated",
-    "conversation_typing_on",
-    "conversation_typing_off",
-)
 MAX_ATTACHMENTS = 15
 # Replaying these can never create a second resource on the server.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -611,17 +598,8 @@ class NeoleadsHook(BaseHook):
             "inbox_id": inbox_id,
             **lookup,
         }
-        contact: dict[str, Any] | None = None
         try:
-            created = self.create_contact(**fields)
-            contact = created["contact"]
-            source_id = (created.get("contact_inbox") or {}).get("source_id")
-            return {
-                "contact": contact,
-                "source_id": source_id if inbox_id else None,
-                "inbox_id": inbox_id,
-                "created": True,
-            }
+            return _created_contact_result(self.create_contact(**fields), inbox_id)
         except NeoleadsValidationError as exc:
             if not can_reconcile or not exc.server_message or "already been taken" not in exc.server_message:
                 raise
@@ -632,39 +610,28 @@ class NeoleadsHook(BaseHook):
             log.warning("Creating the contact may or may not have succeeded (%s); looking it up first", exc)
 
         contact = self.find_contact(**lookup)
-        was_created = False
         if contact is None:
             # The earlier create did not land: it is now safe to send it again, once.
-            created = self.create_contact(**fields)
-            contact, was_created = created["contact"], True
-            if inbox_id:
-                return {
-                    "contact": contact,
-                    "source_id": (created.get("contact_inbox") or {}).get("source_id"),
-                    "inbox_id": inbox_id,
-                    "created": True,
-                }
+            return _created_contact_result(self.create_contact(**fields), inbox_id)
         source_id = self.ensure_contact_inbox(contact, inbox_id) if inbox_id else None
-        return {"contact": contact, "source_id": source_id, "inbox_id": inbox_id, "created": was_created}
+        return {"contact": contact, "source_id": source_id, "inbox_id": inbox_id, "created": False}
 
     def ensure_contact_inbox(self, contact: Mapping[str, Any], inbox_id: int) -> str:
         """The contact's ``source_id`` in ``inbox_id``, creating the contact inbox only when it has none."""
         contact_inboxes = contact.get("contact_inboxes")
         if contact_inboxes is None:
             contact_inboxes = self.get_contact(contact["id"]).get("contact_inboxes") or []
-        for contact_inbox in contact_inboxes:
-            if (contact_inbox.get("inbox") or {}).get("id") == int(inbox_id) and contact_inbox.get(
-                "source_id"
-            ):
-                return str(contact_inbox["source_id"])
+        source_id = _source_id_in(contact_inboxes, inbox_id)
+        if source_id is not None:
+            return source_id
         try:
             return str(self.create_contact_inbox(contact["id"], inbox_id)["source_id"])
         except (NeoleadsTransportError, NeoleadsServerError):
             # It may have been created; the contact's inboxes say for sure.
-            for contact_inbox in self.get_contact(contact["id"]).get("contact_inboxes") or []:
-                if (contact_inbox.get("inbox") or {}).get("id") == int(inbox_id):
-                    return str(contact_inbox["source_id"])
-            raise
+            source_id = _source_id_in(self.get_contact(contact["id"]).get("contact_inboxes") or [], inbox_id)
+            if source_id is None:
+                raise
+            return source_id
 
     # ------------------------------------------------------------------ conversations
 
@@ -687,10 +654,7 @@ class NeoleadsHook(BaseHook):
         """
         if not source_id and not (inbox_id and contact_id):
             raise NeoleadsConfigError("create_conversation needs source_id, or both inbox_id and contact_id")
-        if status is not None and status not in CONVERSATION_STATUSES:
-            raise NeoleadsConfigError(
-                f"status must be one of {', '.join(CONVERSATION_STATUSES)}; got {status!r}"
-            )
+        _check_status(status)
         body = _without_none(
             source_id=source_id,
             inbox_id=inbox_id,
@@ -715,10 +679,7 @@ class NeoleadsHook(BaseHook):
 
         :return: ``{"success", "conversation_id", "current_status", "snoozed_until"}``.
         """
-        if status is not None and status not in CONVERSATION_STATUSES:
-            raise NeoleadsConfigError(
-                f"status must be one of {', '.join(CONVERSATION_STATUSES)}; got {status!r}"
-            )
+        _check_status(status)
         body = _without_none(status=status, snoozed_until=snoozed_until)
         # Setting an explicit status twice has the same effect as once; a bare toggle does not.
         return dict(
@@ -840,6 +801,11 @@ def _without_none(**fields: Any) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
+def _check_status(status: str | None) -> None:
+    if status is not None and status not in CONVERSATION_STATUSES:
+        raise NeoleadsConfigError(f"status must be one of {', '.join(CONVERSATION_STATUSES)}; got {status!r}")
+
+
 def _same_contact_key(key: str, found: Any, wanted: str) -> bool:
     if found in (None, ""):
         return False
@@ -848,6 +814,20 @@ def _same_contact_key(key: str, found: Any, wanted: str) -> bool:
     if key == "phone_number":
         return "+" + str(found).replace("+", "") == "+" + wanted.replace("+", "")
     return str(found) == wanted
+
+
+def _created_contact_result(created: Mapping[str, Any], inbox_id: int | None) -> dict[str, Any]:
+    """What :meth:`NeoleadsHook.get_or_create_contact` returns for a contact it created."""
+    source_id = (created.get("contact_inbox") or {}).get("source_id") if inbox_id else None
+    return {"contact": created["contact"], "source_id": source_id, "inbox_id": inbox_id, "created": True}
+
+
+def _source_id_in(contact_inboxes: Iterable[Mapping[str, Any]], inbox_id: int) -> str | None:
+    """The contact's ``source_id`` in ``inbox_id``, from its ``contact_inboxes``; None when it has none there."""
+    for contact_inbox in contact_inboxes:
+        if (contact_inbox.get("inbox") or {}).get("id") == int(inbox_id) and contact_inbox.get("source_id"):
+            return str(contact_inbox["source_id"])
+    return None
 
 
 def _checked_events(events: Sequence[str]) -> list[str]:

@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator
 from neoleads_provider.connection import DEFAULT_CONN_ID
 from neoleads_provider.exceptions import NeoleadsConfigError
 from neoleads_provider.hooks.neoleads import NeoleadsHook
+from neoleads_provider.whole_numbers import parse_whole_number
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -24,15 +25,7 @@ def as_id(name: str, value: Any, *, required: bool = True) -> int | None:
         if required:
             raise NeoleadsConfigError(f"{name} is required (a positive integer id)")
         return None
-    try:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError
-        number = int(str(value).strip()) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        raise NeoleadsConfigError(f"{name} must be a positive integer id; got {value!r}") from None
-    if number < 1:
-        raise NeoleadsConfigError(f"{name} must be a positive integer id; got {number}")
-    return number
+    return parse_whole_number(value, name, minimum=1)
 
 
 class NeoleadsBaseOperator(BaseOperator):

@@ -25,6 +25,7 @@ except ImportError:  # Airflow 3.1: the Task SDK does not export the configurati
 
 from neoleads_provider.connection import DEFAULT_CONN_ID
 from neoleads_provider.exceptions import NeoleadsConfigError, NeoleadsError
+from neoleads_provider.whole_numbers import parse_whole_number
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -48,21 +49,12 @@ def _as_int(name: str, value: Any, *, required: bool, minimum: int) -> int | Non
         if required:
             raise NeoleadsConfigError(f"{name} is required: a whole number")
         return None
-    text = value.strip() if isinstance(value, str) else None
-    if text == "" or text == "None":
+    if isinstance(value, str) and value.strip() in ("", "None"):
         # Jinja renders a missing XCom as "None": waiting without the intended bound would be wrong.
         raise NeoleadsConfigError(
             f"{name} rendered to {value!r}: the value it was templated from is missing (e.g. no such XCom)"
         )
-    try:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError
-        number = int(text) if text is not None else int(value)
-    except (TypeError, ValueError):
-        raise NeoleadsConfigError(f"{name} must be a whole number, got {value!r}") from None
-    if number < minimum:
-        raise NeoleadsConfigError(f"{name} must be >= {minimum}, got {number}")
-    return number
+    return parse_whole_number(value, name, minimum=minimum)
 
 
 def _as_bool(name: str, value: Any) -> bool:

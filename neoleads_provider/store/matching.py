@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from neoleads_provider.webhook_events import WEBHOOK_EVENTS
+
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Select
 
@@ -42,22 +44,7 @@ __all__ = [
 
 # Every event name Neoleads (Chatwoot's ALLOWED_WEBHOOK_EVENTS) sends, underscored as in the payload.
 # Names are checked against it because a misspelt one would make a sensor wait until it times out.
-KNOWN_EVENTS = frozenset(
-    {
-        "conversation_created",
-        "conversation_status_changed",
-        "conversation_updated",
-        "conversation_typing_on",
-        "conversation_typing_off",
-        "contact_created",
-        "contact_updated",
-        "inbox_created",
-        "inbox_updated",
-        "message_created",
-        "message_updated",
-        "webwidget_triggered",
-    }
-)
+KNOWN_EVENTS = frozenset(WEBHOOK_EVENTS)
 MESSAGE_EVENTS = frozenset({"message_created", "message_updated"})
 # REST responses carry the integer; webhooks carry the name.
 MESSAGE_TYPES = ("incoming", "outgoing", "activity", "template")

@@ -404,6 +404,14 @@ async def _read_params(request: Request) -> tuple[dict[str, Any], list[Upload]]:
     return params, uploads
 
 
+def _path_id(text: str) -> int:
+    """A record id from the path; text that cannot name a record is a 404, as an unknown id is."""
+    record_id = cast_id(text)
+    if record_id is None:
+        raise SandboxError(404, NOT_FOUND_BODY)
+    return record_id
+
+
 def _token(request: Request) -> str | None:
     # Rack maps both "api_access_token" and "api-access-token" to HTTP_API_ACCESS_TOKEN.
     return request.headers.get("api_access_token") or request.headers.get("api-access-token")
@@ -470,6 +478,16 @@ def create_sandbox_app(
         user = state.authenticate(_token(request))
         return state.caller(user, account_id)
 
+    async def caller_and_params(
+        request: Request, account_id: str, *, admin: bool = False
+    ) -> tuple[Any, dict[str, Any]]:
+        """The caller, then the request's params, in that order: a refused token is answered before a bad body."""
+        who = caller(request, account_id)
+        if admin:
+            state.require_admin(who)
+        params, _ = await _read_params(request)
+        return who, params
+
     # ---- profile ---------------------------------------------------------------------------------------------
 
     @api.get(f"{API_PREFIX}/profile")
@@ -487,8 +505,7 @@ def create_sandbox_app(
 
     @account.post("/inboxes")
     async def create_inbox(request: Request, account_id: str) -> Response:
-        who = caller(request, account_id)
-        params, _ = await _read_params(request)
+        who, params = await caller_and_params(request, account_id)
         return _json(state.create_inbox(who, params))
 
     @account.get("/inboxes/{inbox_id}")
@@ -497,8 +514,7 @@ def create_sandbox_app(
 
     @account.api_route("/inboxes/{inbox_id}", methods=["PATCH", "PUT"])
     async def update_inbox(request: Request, account_id: str, inbox_id: str) -> Response:
-        who = caller(request, account_id)
-        params, _ = await _read_params(request)
+        who, params = await caller_and_params(request, account_id)
         return _json(state.update_inbox(who, inbox_id, params))
 
     @account.post("/inboxes/{inbox_id}/reset_secret")
@@ -513,8 +529,7 @@ def create_sandbox_app(
 
     @account.post("/contacts")
     async def create_contact(request: Request, account_id: str) -> Response:
-        who = caller(request, account_id)
-        params, _ = await _read_params(request)
+        who, params = await caller_and_params(request, account_id)
         return _json(state.create_contact(who, params))
 
     @account.get("/contacts/search")
@@ -523,8 +538,7 @@ def create_sandbox_app(
 
     @account.post("/contacts/filter")
     async def filter_contacts(request: Request, account_id: str) -> Response:
-        who = caller(request, account_id)
-        params, _ = await _read_params(request)
+        who, params = await caller_and_params(request, account_id)
         return _json(state.filter_contacts(who, params))
 
     @account.get("/contacts/{contact_id}")
@@ -538,8 +552,7 @@ def create_sandbox_app(
 
     @account.api_route("/contacts/{contact_id}", methods=["PATCH", "PUT"])
     async def update_contact(request: Request, account_id: str, contact_id: str) -> Response:
-        who = caller(request, account_id)
-        params, _ = await _read_params(request)
+        who, params = await caller_and_params(request, account_id)
         return _json(state.update_contact(who, contact_id, params))
 
     @account.delete("/contacts/{contact_id}")
@@ -549,8 +562,7 @@ def create_sandbox_app(
 
     @account.post("/contacts/{contact_id}/contact_inboxes")
     async def create_contact_inbox(request: Request, account_id: str, contact_id: str) -> Response:
-        who = caller(request, account_id)
-        params, _ = await _read_params(request)
+        who, params = await caller_and_params(request, account_id)
         return _json(state.create_contact_inbox(who, contact_id, params))
 
     @account.get("/contacts/{contact_id}/contactable_inboxes")
@@ -563,8 +575,7 @@ def create_sandbox_app(
 
     @account.post("/contact_inboxes/filter")
     async def filter_contact_inboxes(request: Request, account_id: str) -> Response:
-        who = caller(request, account_id)
-        params, _ = await _read_params(request)
+        who, params = await caller_and_params(request, account_id)
         return _json(state.filter_contact_inboxes(who, params))
 
     # ---- conversations and messages --------------------------------------------------------------------------
@@ -575,8 +586,7 @@ def create_sandbox_app(
 
     @account.post("/conversations")
     async def create_conversation(request: Request, account_id: str) -> Response:
-        who = caller(request, account_id)
-        params, _ = await _read_params(request)
+        who, params = await caller_and_params(request, account_id)
         return _json(state.create_conversation(who, params))
 
     @account.get("/conversations/{conversation_id}")
@@ -585,8 +595,7 @@ def create_sandbox_app(
 
     @account.post("/conversations/{conversation_id}/toggle_status")
     async def toggle_status(request: Request, account_id: str, conversation_id: str) -> Response:
-        who = caller(request, account_id)
-        params, _ = await _read_params(request)
+        who, params = await caller_and_params(request, account_id)
         return _json(state.toggle_status(who, conversation_id, params))
 
     @account.get("/conversations/{conversation_id}/messages")
@@ -610,16 +619,12 @@ def create_sandbox_app(
 
     @account.post("/webhooks")
     async def create_webhook(request: Request, account_id: str) -> Response:
-        who = caller(request, account_id)
-        state.require_admin(who)
-        params, _ = await _read_params(request)
+        who, params = await caller_and_params(request, account_id, admin=True)
         return _json(state.create_webhook(who, params))
 
     @account.api_route("/webhooks/{webhook_id}", methods=["PATCH", "PUT"])
     async def update_webhook(request: Request, account_id: str, webhook_id: str) -> Response:
-        who = caller(request, account_id)
-        state.require_admin(who)
-        params, _ = await _read_params(request)
+        who, params = await caller_and_params(request, account_id, admin=True)
         return _json(state.update_webhook(who, webhook_id, params))
 
     @account.delete("/webhooks/{webhook_id}")
@@ -641,6 +646,12 @@ def create_sandbox_app(
             return json.loads(body)
         except ValueError:
             raise SandboxError(400, {"error": "the body must be JSON"}) from None
+
+    async def control_object(request: Request) -> dict[str, Any]:
+        body = await control_body(request)
+        if not isinstance(body, dict):
+            raise SandboxError(422, {"error": "the body must be a JSON object"})
+        return body
 
     @control.get("/faults")
     async def list_faults() -> Response:
@@ -716,17 +727,12 @@ def create_sandbox_app(
         content = body.get("content") if isinstance(body, dict) else None
         if not isinstance(content, str):
             raise SandboxError(422, {"error": "content must be a string"})
-        display_id = cast_id(conversation_id)
-        if display_id is None:
-            raise SandboxError(404, NOT_FOUND_BODY)
-        return _json(state.reply(display_id, content))
+        return _json(state.reply(_path_id(conversation_id), content))
 
     @control.post("/webhooks")
     async def preseed_webhook(request: Request) -> Response:
         """Add an account webhook, optionally with a chosen ``secret`` (default: every event)."""
-        body = await control_body(request)
-        if not isinstance(body, dict):
-            raise SandboxError(422, {"error": "the body must be a JSON object"})
+        body = await control_object(request)
         return _json(
             state.add_webhook(
                 body.get("url"),
@@ -740,9 +746,7 @@ def create_sandbox_app(
     @control.post("/auto_reply")
     async def auto_reply(request: Request) -> Response:
         """Set ``{"text": "..." | null, "delay": seconds}``."""
-        body = await control_body(request)
-        if not isinstance(body, dict):
-            raise SandboxError(422, {"error": "the body must be a JSON object"})
+        body = await control_object(request)
         try:
             state.set_auto_reply(body.get("text"), delay=body.get("delay", state.auto_reply_delay))
         except ValueError as exc:
@@ -752,7 +756,7 @@ def create_sandbox_app(
     @control.get("/attachments/{attachment_id}/{filename}")
     async def attachment(attachment_id: str, filename: str) -> Response:
         """Serve an uploaded attachment (the ``data_url`` of messages)."""
-        stored = state.attachment(cast_id(attachment_id) or -1)
+        stored = state.attachment(_path_id(attachment_id))
         if stored is None:
             raise SandboxError(404, NOT_FOUND_BODY)
         return Response(content=stored.data, media_type=stored.content_type)

@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+# The real server's name for the list (Chatwoot's Webhook::ALLOWED_WEBHOOK_EVENTS).
+from neoleads_provider.webhook_events import WEBHOOK_EVENTS as ALLOWED_WEBHOOK_EVENTS
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
@@ -55,20 +58,6 @@ MAX_CONTENT_LENGTH = 150_000
 MAX_STRING_LENGTH = 255
 MAX_WEBHOOK_URL_LENGTH = 2048
 
-ALLOWED_WEBHOOK_EVENTS = (
-    "conversation_status_changed",
-    "conversation_updated",
-    "conversation_created",
-    "contact_created",
-    "contact_updated",
-    "message_created",
-    "message_updated",
-    "webwidget_triggered",
-    "inbox_created",
-    "inbox_updated",
-    "conversation_typing_on",
-    "conversation_typing_off",
-)
 # The API inbox's own webhook_url gets every inbox-scoped event, without a subscription filter.
 INBOX_SCOPED_EVENTS = frozenset(
     {

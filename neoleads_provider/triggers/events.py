@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from neoleads_provider.store.matching import EventFilter
+from neoleads_provider.triggers.webhook import raise_explained, repr_without_password
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -93,21 +94,6 @@ _START_POINTS = ("end", "beginning")
 # -- the store side (blocking: called from worker threads) ---------------------------------------------------
 
 
-def _schema_error_or_raise(engine: Any, exc: BaseException) -> None:
-    """Re-raise ``exc``, or the schema error that explains it (the table was never created)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from neoleads_provider.store.migrate import EventStoreSchemaError, check_schema
-
-    try:
-        check_schema(engine)
-    except EventStoreSchemaError as schema_error:
-        raise schema_error from exc
-    except SQLAlchemyError:
-        pass
-    raise exc
-
-
 def read_current_end(events_db_url: str | None) -> int:
     """Return the id of the newest stored event, or 0 when the store is empty or has no table yet.
 
@@ -127,10 +113,9 @@ def read_current_end(events_db_url: str | None) -> int:
             newest = list_events(conn, limit=1)
     except DBAPIError as exc:
         try:
-            _schema_error_or_raise(engine, exc)
+            raise_explained(engine, exc)
         except EventStoreSchemaError:
             return 0
-        raise  # pragma: no cover - _schema_error_or_raise always raises
     return newest[0].id if newest else 0
 
 
@@ -169,7 +154,7 @@ def read_new_events(
                     break
                 cursor = page[-1].id
     except DBAPIError as exc:
-        _schema_error_or_raise(engine, exc)
+        raise_explained(engine, exc)
     return found
 
 
@@ -438,13 +423,7 @@ class NeoleadsEventTrigger(BaseEventTrigger):
         )
 
     def __repr__(self) -> str:
-        # The triggerer logs triggers by repr; the store URL may hold a database password.
-        classpath, kwargs = self.serialize()
-        if self.events_db_url:
-            from neoleads_provider.store.engine import safe_url
-
-            kwargs["events_db_url"] = safe_url(self.events_db_url)
-        return self.repr(classpath, kwargs)
+        return repr_without_password(self)
 
     # -- running -------------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -38,6 +38,8 @@ __all__ = [
     "is_transient_store_error",
     "look_in_api",
     "look_in_store",
+    "raise_explained",
+    "repr_without_password",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,25 @@ def is_transient_store_error(exc: BaseException) -> bool:
     )
 
 
+def raise_explained(engine: Any, exc: BaseException) -> NoReturn:
+    """Raise the schema error that explains ``exc`` (the store was never migrated), else ``exc`` itself.
+
+    Asks the schema table rather than parsing each database's error text; if that check fails too, ``exc``
+    is the error to report.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from neoleads_provider.store.migrate import EventStoreSchemaError, check_schema
+
+    try:
+        check_schema(engine)
+    except EventStoreSchemaError as schema_error:
+        raise schema_error from exc
+    except SQLAlchemyError:
+        pass
+    raise exc
+
+
 def look_in_store(events_db_url: str | None, flt: EventFilter) -> dict[str, Any] | None:
     """Look once in the event store; return the oldest match as an XCom dict (``source: "webhook"``) or None.
 
@@ -84,26 +105,17 @@ def look_in_store(events_db_url: str | None, flt: EventFilter) -> dict[str, Any]
     :raises EventStoreSchemaError: the store has no (or an old) schema; the message says to migrate it.
     :raises sqlalchemy.exc.SQLAlchemyError: the store failed; see :func:`is_transient_store_error`.
     """
-    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+    from sqlalchemy.exc import DBAPIError
 
     from neoleads_provider.store.engine import get_engine
     from neoleads_provider.store.matching import find_first_match
-    from neoleads_provider.store.migrate import EventStoreSchemaError, check_schema
 
     engine = get_engine(events_db_url)
     try:
         with engine.connect() as conn:
             found = find_first_match(conn, flt)
     except DBAPIError as exc:
-        # Tell "never migrated" from an outage by asking the schema table rather than parsing each
-        # database's error text; if that check fails too, the original error is the one to report.
-        try:
-            check_schema(engine)
-        except EventStoreSchemaError as schema_error:
-            raise schema_error from exc
-        except SQLAlchemyError:
-            pass
-        raise
+        raise_explained(engine, exc)
     return None if found is None else {**found.to_xcom(), "source": "webhook"}
 
 
@@ -177,6 +189,16 @@ def look_in_api(
 # -- the trigger -----------------------------------------------------------------------------------------
 
 
+def repr_without_password(trigger: BaseTrigger) -> str:
+    """The trigger's repr, with the store URL's password hidden: the triggerer logs triggers by repr."""
+    classpath, kwargs = trigger.serialize()
+    if kwargs.get("events_db_url"):
+        from neoleads_provider.store.engine import safe_url
+
+        kwargs["events_db_url"] = safe_url(kwargs["events_db_url"])
+    return trigger.repr(classpath, kwargs)
+
+
 def _positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"NeoleadsWebhookTrigger {name} must be a positive number of seconds, got {value!r}")
@@ -243,13 +265,7 @@ class NeoleadsWebhookTrigger(BaseTrigger):
         )
 
     def __repr__(self) -> str:
-        # The triggerer logs triggers by repr; the store URL may hold a database password.
-        classpath, kwargs = self.serialize()
-        if self.events_db_url:
-            from neoleads_provider.store.engine import safe_url
-
-            kwargs["events_db_url"] = safe_url(self.events_db_url)
-        return self.repr(classpath, kwargs)
+        return repr_without_password(self)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from neoleads_provider.cli.airflow_cli import GROUP_NAME, get_cli_commands
 from neoleads_provider.cli.main import build_parser
 from neoleads_provider.get_provider_info import get_provider_info
+from tests._helpers import child_env
 
 if TYPE_CHECKING:
     from neoleads_provider.testing import NeoleadsSandbox
@@ -158,23 +158,14 @@ print(json.dumps({"ms": (time.perf_counter() - started) * 1000, "new": sorted(se
 """
 
 
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW_CONN_", "AIRFLOW__"))
-    }
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__NEOLEADS__EVENTS_DB_URL=f"sqlite:///{home / 'events.db'}",
-        **extra,
-    )
-    return env
-
-
 def test_loading_the_commands_imports_only_the_command_modules(tmp_path: Path) -> None:
     """Every `airflow` invocation runs get_cli_commands(): no hook, store, receiver, sandbox or HTTP client."""
     result = subprocess.run(
-        [sys.executable, "-c", _IMPORT_COST], env=_env(tmp_path), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _IMPORT_COST],
+        env=child_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
@@ -189,6 +180,7 @@ def test_loading_the_commands_imports_only_the_command_modules(tmp_path: Path) -
         "neoleads_provider.cli.events",
         "neoleads_provider.cli.inboxes",
         "neoleads_provider.cli.doctor",
+        "neoleads_provider.webhook_events",
     }, ours
     for heavy in ("requests", "fastapi", "uvicorn", "tenacity"):
         assert heavy not in loaded["new"], heavy
@@ -197,7 +189,7 @@ def test_loading_the_commands_imports_only_the_command_modules(tmp_path: Path) -
 
 def _airflow(home: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [AIRFLOW, *argv], env=_env(home, **env), capture_output=True, text=True, timeout=180, check=False
+        [AIRFLOW, *argv], env=child_env(home, **env), capture_output=True, text=True, timeout=180, check=False
     )
 
 

@@ -4,22 +4,18 @@ and each broken piece is reported as a named failure with its fix (exit status 1
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import uvicorn
 
 from neoleads_provider.cli.main import main
 from neoleads_provider.hooks.neoleads import NeoleadsHook
-from neoleads_provider.store.engine import dispose_engines, get_engine
+from neoleads_provider.store.engine import get_engine
 from neoleads_provider.store.migrate import migrate
 from neoleads_provider.webhooks.server import create_server_app
+from tests._helpers import free_port, serving, use_sandbox_connection
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -43,32 +39,6 @@ ALL_PASS = {
 }
 
 
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Setup:
     sandbox: NeoleadsSandbox
@@ -86,10 +56,7 @@ class Setup:
     def connection(self, conn_id: str = CONN, token: str | None = None, **extra: Any) -> None:
         """(Re)define the connection: the working extra, with ``extra`` on top (None removes a field)."""
         merged = {key: value for key, value in {**self.extra, **extra}.items() if value is not None}
-        value = json.loads(self.sandbox.connection_env(conn_id, **merged)[f"AIRFLOW_CONN_{conn_id.upper()}"])
-        if token is not None:
-            value["password"] = token
-        self.monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(value))
+        use_sandbox_connection(self.monkeypatch, self.sandbox, conn_id, token=token, **merged)
 
 
 def doctor(capsys, *argv: str) -> tuple[int, dict[str, Any], str]:
@@ -108,21 +75,17 @@ def check(report: dict[str, Any], name: str) -> dict[str, Any]:
 
 @pytest.fixture
 def setup(
-    neoleads_sandbox: NeoleadsSandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    neoleads_sandbox: NeoleadsSandbox, monkeypatch: pytest.MonkeyPatch, events_url: str
 ) -> Iterator[Setup]:
     """A working setup: an API inbox posting to a live receiver, its secret in the connection, one delivery stored."""
-    db_url = f"sqlite:///{tmp_path / 'events.db'}"
-    monkeypatch.setenv("AIRFLOW__NEOLEADS__EVENTS_DB_URL", db_url)
-    engine = get_engine(db_url)
-    migrate(engine)
-    with serving(create_server_app(engine_factory=lambda: get_engine(db_url))) as base:
+    monkeypatch.setenv("AIRFLOW__NEOLEADS__EVENTS_DB_URL", events_url)
+    with serving(create_server_app(engine_factory=lambda: get_engine(events_url))) as base:
         monkeypatch.setenv("AIRFLOW__API__BASE_URL", base)
-        for name, value in neoleads_sandbox.connection_env("nl_setup").items():
-            monkeypatch.setenv(name, value)
+        use_sandbox_connection(monkeypatch, neoleads_sandbox, "nl_setup")
         with NeoleadsHook("nl_setup") as hook:
             inbox = hook.create_api_inbox("Airflow", f"{base}/neoleads/webhooks/{CONN}")
         extra = {"inbox_id": inbox["id"], "webhook_secrets": ["an-older-secret-1", inbox["secret"]]}
-        ready = Setup(neoleads_sandbox, monkeypatch, base, db_url, inbox["id"], inbox["secret"], extra)
+        ready = Setup(neoleads_sandbox, monkeypatch, base, events_url, inbox["id"], inbox["secret"], extra)
         ready.connection()
         with NeoleadsHook(CONN) as hook:
             contact = hook.create_contact(name="Ada", email="ada@example.com", inbox_id=inbox["id"])
@@ -131,7 +94,6 @@ def setup(
         neoleads_sandbox.wait_for_deliveries()
         assert {d["status_code"] for d in neoleads_sandbox.deliveries} == {200}
         yield ready
-    dispose_engines()
 
 
 def assert_no_secrets(setup: Setup, output: str) -> None:

@@ -16,23 +16,17 @@ from sqlalchemy import func, select
 
 from neoleads_provider.cli.events import parse_duration, parse_since
 from neoleads_provider.cli.main import main
-from neoleads_provider.store.engine import dispose_engines, get_engine
+from neoleads_provider.store.engine import get_engine
 from neoleads_provider.store.migrate import migrate
 from neoleads_provider.store.repository import insert_event
 from neoleads_provider.store.schema import SCHEMA_VERSION, webhook_events
 from neoleads_provider.webhooks.payload import extract_event_fields
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from sqlalchemy import Engine
 
 
-@pytest.fixture(autouse=True)
-def _fresh_engines() -> Iterator[None]:
-    dispose_engines()
-    yield
-    dispose_engines()
+pytestmark = pytest.mark.usefixtures("fresh_engines")
 
 
 @pytest.fixture

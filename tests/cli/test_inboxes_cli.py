@@ -7,21 +7,18 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import uvicorn
 
 from neoleads_provider.cli._connections import hook_for
 from neoleads_provider.cli.main import main
-from neoleads_provider.store.engine import dispose_engines, get_engine
-from neoleads_provider.store.migrate import migrate
+from neoleads_provider.store.engine import get_engine
 from neoleads_provider.store.repository import list_events
 from neoleads_provider.webhooks.server import create_server_app
+from tests._helpers import run_cli, serving, use_sandbox_connection
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -32,17 +29,6 @@ if TYPE_CHECKING:
 
 CONN = "neoleads_default"
 WHOLE_EXTRA = "The connection's whole extra, with the secret merged in:"
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def set_connection(monkeypatch, sandbox: NeoleadsSandbox, conn_id: str = CONN, **extra: Any) -> None:
-    for name, value in sandbox.connection_env(conn_id, **extra).items():
-        monkeypatch.setenv(name, value)
 
 
 def printed_extra(out: str) -> dict[str, Any]:
@@ -72,34 +58,12 @@ class Receiver:
             return list(reversed(list_events(conn)))
 
 
-@contextmanager
-def serving(receiver: Receiver) -> Iterator[Receiver]:
-    config = uvicorn.Config(
-        receiver.app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    receiver.base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    try:
-        yield receiver
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 @pytest.fixture
-def receiver(tmp_path) -> Iterator[Receiver]:
-    engine = get_engine(f"sqlite:///{tmp_path / 'events.db'}")
-    migrate(engine)
-    with serving(Receiver(engine)) as live:
+def receiver(events_url: str) -> Iterator[Receiver]:
+    live = Receiver(get_engine(events_url))
+    with serving(live.app) as base:
+        live.base = base
         yield live
-    dispose_engines()
 
 
 def converse(sandbox: NeoleadsSandbox, conn_id: str, inbox_id: int, reply: str) -> int:
@@ -121,7 +85,7 @@ def converse(sandbox: NeoleadsSandbox, conn_id: str, inbox_id: int, reply: str) 
 def test_create_then_the_receiver_accepts_the_inbox_deliveries(
     capsys, monkeypatch, neoleads_sandbox: NeoleadsSandbox, neoleads_connection: str, receiver: Receiver
 ) -> None:
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "inboxes", "create", "--conn-id", CONN, "--name", "Airflow", "--webhook-url", receiver.url()
     )
     assert code == 0, err
@@ -146,7 +110,7 @@ def test_create_then_the_receiver_accepts_the_inbox_deliveries(
     assert receiver.stored() == []
 
     # Apply the printed extra, as the operator would; then the inbox's deliveries are stored.
-    set_connection(monkeypatch, neoleads_sandbox, **extra)
+    use_sandbox_connection(monkeypatch, neoleads_sandbox, **extra)
     receiver.let_connection_cache_expire()
     before = len(neoleads_sandbox.deliveries)
     conversation_id = converse(neoleads_sandbox, CONN, inbox.id, "Yes please")
@@ -163,7 +127,7 @@ def test_create_then_the_receiver_accepts_the_inbox_deliveries(
     assert events[-1].payload["content"] == "Yes please"
 
     # `list` shows the inbox delivering here, with its signatures accepted; no secret is shown.
-    code, out, _ = run(capsys, "inboxes", "list", "--conn-id", CONN, "--json")
+    code, out, _ = run_cli(capsys, "inboxes", "list", "--conn-id", CONN, "--json")
     rows = {row["id"]: row for row in json.loads(out)}
     assert rows[inbox.id]["delivers_to_receiver"] is True
     assert rows[inbox.id]["secret_accepted"] is True
@@ -177,7 +141,7 @@ def test_create_defaults_to_the_receiver_on_the_api_server(
     capsys, monkeypatch, neoleads_sandbox: NeoleadsSandbox, neoleads_connection: str
 ) -> None:
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/")
-    code, out, err = run(capsys, "inboxes", "create", "--name", "Airflow", "--json")
+    code, out, err = run_cli(capsys, "inboxes", "create", "--name", "Airflow", "--json")
     assert code == 0, err
     result = json.loads(out)
     assert result["webhook_url"] == "https://airflow.example.com/neoleads/webhooks/neoleads_default"
@@ -189,7 +153,7 @@ def test_create_defaults_to_the_receiver_on_the_api_server(
 
 def test_create_needs_a_url_when_no_base_url_is_set(capsys, monkeypatch, neoleads_connection: str) -> None:
     monkeypatch.delenv("AIRFLOW__API__BASE_URL", raising=False)
-    code, _, err = run(capsys, "inboxes", "create", "--name", "Airflow")
+    code, _, err = run_cli(capsys, "inboxes", "create", "--name", "Airflow")
     assert code == 2
     assert "set [api] base_url (AIRFLOW__API__BASE_URL)" in err
 
@@ -207,7 +171,7 @@ def test_create_needs_a_url_when_no_base_url_is_set(capsys, monkeypatch, neolead
 def test_create_warns_about_urls_neoleads_will_not_or_should_not_use(
     capsys, neoleads_sandbox, neoleads_connection: str, url: str, private: bool, plain: bool
 ) -> None:
-    code, _, err = run(capsys, "inboxes", "create", "--name", "Airflow", "--webhook-url", url)
+    code, _, err = run_cli(capsys, "inboxes", "create", "--name", "Airflow", "--webhook-url", url)
     assert code == 0, err
     assert ("SSRF filter" in err) is private
     assert ("is not https" in err) is plain
@@ -217,10 +181,12 @@ def test_existing_secrets_are_kept_but_never_printed(
     capsys, monkeypatch, neoleads_sandbox: NeoleadsSandbox, receiver: Receiver
 ) -> None:
     kept = ["kept-secret-aaaa1111", "kept-secret-bbbb2222"]
-    set_connection(
+    use_sandbox_connection(
         monkeypatch, neoleads_sandbox, webhook_secrets=kept, webhook_url_token="kept-url-token-cc33"
     )
-    code, out, err = run(capsys, "inboxes", "create", "--name", "Rotated", "--webhook-url", receiver.url())
+    code, out, err = run_cli(
+        capsys, "inboxes", "create", "--name", "Rotated", "--webhook-url", receiver.url()
+    )
     assert code == 0, err
     [inbox] = [inbox for inbox in neoleads_sandbox.state.inboxes.values() if inbox.name == "Rotated"]
     assert f'"webhook_secrets": ["<current secret 1>", "<current secret 2>", "{inbox.secret}"]' in out
@@ -233,15 +199,15 @@ def test_existing_secrets_are_kept_but_never_printed(
     extra = printed_extra(out)
     extra["webhook_secrets"] = [*kept, inbox.secret]
     extra["webhook_url_token"] = "kept-url-token-cc33"
-    set_connection(monkeypatch, neoleads_sandbox, **extra)
+    use_sandbox_connection(monkeypatch, neoleads_sandbox, **extra)
     converse(neoleads_sandbox, CONN, inbox.id, "Rotation works")
     assert {d["status_code"] for d in neoleads_sandbox.deliveries} == {200}
     assert len(receiver.stored()) == 2
 
     # JSON output has the new secret only.
-    run(capsys, "inboxes", "create", "--name", "Rotated 2", "--webhook-url", receiver.url(), "--json")
+    run_cli(capsys, "inboxes", "create", "--name", "Rotated 2", "--webhook-url", receiver.url(), "--json")
     # (the connection now lists three secrets)
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "inboxes", "create", "--name", "Rotated 3", "--webhook-url", receiver.url(), "--json"
     )
     result = json.loads(out)
@@ -254,9 +220,9 @@ def test_create_refuses_a_second_inbox_with_the_same_name(
     capsys, neoleads_sandbox, neoleads_connection
 ) -> None:
     url = "http://127.0.0.1:9/neoleads/webhooks/neoleads_default"
-    assert run(capsys, "inboxes", "create", "--name", "Airflow", "--webhook-url", url)[0] == 0
+    assert run_cli(capsys, "inboxes", "create", "--name", "Airflow", "--webhook-url", url)[0] == 0
     [first] = [i for i in neoleads_sandbox.state.inboxes.values() if i.name == "Airflow"]
-    code, out, err = run(capsys, "inboxes", "create", "--name", "Airflow", "--webhook-url", url)
+    code, out, err = run_cli(capsys, "inboxes", "create", "--name", "Airflow", "--webhook-url", url)
     assert code == 1
     assert f'an API inbox named "Airflow" exists already (id {first.id})' in err
     assert f"neoleads inboxes set-webhook --conn-id neoleads_default --inbox-id {first.id} --url {url}" in err
@@ -265,23 +231,21 @@ def test_create_refuses_a_second_inbox_with_the_same_name(
 
 
 def test_a_non_administrator_token_is_refused_naming_its_role(capsys, monkeypatch, neoleads_sandbox) -> None:
-    value = json.loads(neoleads_sandbox.connection_env("nl_agent")["AIRFLOW_CONN_NL_AGENT"])
-    value["password"] = neoleads_sandbox.agent_token
-    monkeypatch.setenv("AIRFLOW_CONN_NL_AGENT", json.dumps(value))
+    use_sandbox_connection(monkeypatch, neoleads_sandbox, "nl_agent", token=neoleads_sandbox.agent_token)
     url = "https://airflow.example.com/neoleads/webhooks/nl_agent"
     for argv in (
         ["create", "--name", "Airflow", "--webhook-url", url],
         ["set-webhook", "--inbox-id", "1", "--url", url],
         ["reset-secret", "--inbox-id", "1"],
     ):
-        code, out, err = run(capsys, "inboxes", *argv, "--conn-id", "nl_agent")
+        code, out, err = run_cli(capsys, "inboxes", *argv, "--conn-id", "nl_agent")
         assert code == 1, argv
         assert "needs an administrator's API access token" in err
         assert "role in account 1 is 'agent'" in err
         assert neoleads_sandbox.agent_token not in out + err
     assert len(neoleads_sandbox.state.inboxes) == 2
     # Listing works for agents; the secret column is unknown to them.
-    code, out, _ = run(capsys, "inboxes", "list", "--conn-id", "nl_agent")
+    code, out, _ = run_cli(capsys, "inboxes", "list", "--conn-id", "nl_agent")
     assert code == 0
     assert "Signing secrets are shown to administrators only" in out
 
@@ -293,17 +257,19 @@ def test_set_webhook_points_an_inbox_at_the_receiver(
     capsys, monkeypatch, neoleads_sandbox: NeoleadsSandbox, neoleads_connection: str, receiver: Receiver
 ) -> None:
     inbox_id = neoleads_sandbox.api_inbox_id
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "inboxes", "set-webhook", "--inbox-id", str(inbox_id), "--url", receiver.url()
     )
     assert code == 0, err
     assert neoleads_sandbox.state.inboxes[inbox_id].webhook_url == receiver.url()
     assert f"  signing secret: {neoleads_sandbox.api_inbox_secret}" in out
-    set_connection(monkeypatch, neoleads_sandbox, **printed_extra(out))
+    use_sandbox_connection(monkeypatch, neoleads_sandbox, **printed_extra(out))
 
     # Again, with the setting applied: nothing changes, not even on the server.
     patches = sum(1 for method, _, _ in neoleads_sandbox.requests if method == "PATCH")
-    code, out, _ = run(capsys, "inboxes", "set-webhook", "--inbox-id", str(inbox_id), "--url", receiver.url())
+    code, out, _ = run_cli(
+        capsys, "inboxes", "set-webhook", "--inbox-id", str(inbox_id), "--url", receiver.url()
+    )
     assert code == 0
     assert f"already accepts this secret for inbox {inbox_id}; nothing to change" in out
     assert sum(1 for method, _, _ in neoleads_sandbox.requests if method == "PATCH") == patches
@@ -322,7 +288,7 @@ def test_set_webhook_points_an_inbox_at_the_receiver(
 def test_set_webhook_refuses_what_cannot_deliver(
     capsys, neoleads_sandbox, neoleads_connection, inbox_id, message
 ):
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "inboxes", "set-webhook", "--inbox-id", str(inbox_id), "--url", "https://a.example.com/x"
     )
     assert code == 1
@@ -335,10 +301,10 @@ def test_reset_secret_rotates_without_refusing_anything(
     inbox_id = neoleads_sandbox.api_inbox_id
     old = neoleads_sandbox.api_inbox_secret
     neoleads_sandbox.set_inbox_webhook(inbox_id, receiver.url())
-    set_connection(monkeypatch, neoleads_sandbox, webhook_secrets=[old], inbox_id=inbox_id)
+    use_sandbox_connection(monkeypatch, neoleads_sandbox, webhook_secrets=[old], inbox_id=inbox_id)
     converse(neoleads_sandbox, CONN, inbox_id, "Signed with the old secret")
 
-    code, out, err = run(capsys, "inboxes", "reset-secret", "--inbox-id", str(inbox_id), "--json")
+    code, out, err = run_cli(capsys, "inboxes", "reset-secret", "--inbox-id", str(inbox_id), "--json")
     assert code == 0, err
     result = json.loads(out)
     new = neoleads_sandbox.api_inbox_secret
@@ -346,13 +312,13 @@ def test_reset_secret_rotates_without_refusing_anything(
     assert new != old
     assert old not in out + err
 
-    code, out, _ = run(capsys, "inboxes", "reset-secret", "--inbox-id", str(inbox_id))
+    code, out, _ = run_cli(capsys, "inboxes", "reset-secret", "--inbox-id", str(inbox_id))
     newer = neoleads_sandbox.api_inbox_secret
     assert f'"webhook_secrets": ["<current secret 1>", "{newer}"]' in out
     assert "does not retry a refused delivery: update the" in out
     assert old not in out
 
-    set_connection(monkeypatch, neoleads_sandbox, webhook_secrets=[old, newer], inbox_id=inbox_id)
+    use_sandbox_connection(monkeypatch, neoleads_sandbox, webhook_secrets=[old, newer], inbox_id=inbox_id)
     receiver.let_connection_cache_expire()
     converse(neoleads_sandbox, CONN, inbox_id, "Signed with the new secret")
     assert {d["status_code"] for d in neoleads_sandbox.deliveries} == {200}
@@ -360,7 +326,7 @@ def test_reset_secret_rotates_without_refusing_anything(
 
 
 def test_reset_secret_of_a_website_inbox(capsys, neoleads_sandbox, neoleads_connection) -> None:
-    code, _, err = run(capsys, "inboxes", "reset-secret", "--inbox-id", "2")
+    code, _, err = run_cli(capsys, "inboxes", "reset-secret", "--inbox-id", "2")
     assert code == 1
     assert "account 1 has no API inbox 2" in err
 
@@ -391,7 +357,7 @@ def test_bad_arguments_exit_2(capsys, argv: list[str], message: str) -> None:
 def test_apply_refuses_a_connection_it_cannot_write_before_changing_anything(
     capsys, neoleads_sandbox, neoleads_connection
 ) -> None:
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys,
         "inboxes",
         "create",
@@ -448,7 +414,7 @@ def test_apply_writes_the_connection_in_the_metadata_database(
     )
 
     _store_connection("nl_stored", neoleads_sandbox)
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "inboxes",
         "create",
@@ -483,7 +449,7 @@ def test_apply_writes_the_connection_in_the_metadata_database(
     assert [e.conn_id for e in receiver.stored()] == ["nl_stored", "nl_stored"]
 
     # Applying again has nothing to do.
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         "inboxes",
         "set-webhook",

@@ -5,25 +5,25 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import uvicorn
 
 from neoleads_provider.cli.main import main
 from neoleads_provider.store.engine import dispose_engines, get_engine
-from neoleads_provider.store.migrate import migrate
 from neoleads_provider.store.repository import get_event, list_events
 from neoleads_provider.webhooks.server import create_server_app
+from tests._helpers import (
+    connection_env,
+    free_port,
+    run_cli,
+    serving,
+    standalone_receiver,
+    use_connection,
+    use_sandbox_connection,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,43 +38,13 @@ URL_TOKEN = "cli-url-token-77c1e0a4"
 CONN = "cli_receiver"
 
 
-def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str = CONN, **extra: Any) -> None:
-    value = {"conn_type": "neoleads", "host": "http://127.0.0.1:1", "extra": {"account_id": 1, **extra}}
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(value))
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+def set_connection(monkeypatch: pytest.MonkeyPatch, **extra: Any) -> None:
+    use_connection(monkeypatch, CONN, account_id=1, **extra)
 
 
 @pytest.fixture
-def engine(tmp_path) -> Iterator[Engine]:
-    engine = get_engine(f"sqlite:///{tmp_path / 'events.db'}")
-    migrate(engine)
-    yield engine
-    dispose_engines()
+def engine(events_url: str) -> Engine:
+    return get_engine(events_url)
 
 
 @pytest.fixture
@@ -95,7 +65,7 @@ def stored(engine: Engine) -> list[Any]:
 def test_send_test_signed(capsys, monkeypatch, engine: Engine, receiver: str) -> None:
     set_connection(monkeypatch, webhook_secrets=["older-secret", SECRET])
     url = f"{receiver}/neoleads/webhooks/{CONN}"
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         "webhooks",
         "send-test",
@@ -124,7 +94,7 @@ def test_send_test_signed(capsys, monkeypatch, engine: Engine, receiver: str) ->
     assert event.payload["content"] == "Ping from the test"
 
     # Sending the same delivery again is acknowledged as a duplicate.
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "webhooks", "send-test", "--url", url, "--secret", SECRET, "--delivery-id", "send-test-1"
     )
     assert code == 0
@@ -139,7 +109,9 @@ def test_send_test_signed(capsys, monkeypatch, engine: Engine, receiver: str) ->
 def test_send_test_other_events(capsys, monkeypatch, engine: Engine, receiver: str, event: str) -> None:
     set_connection(monkeypatch, webhook_secrets=[SECRET])
     url = f"{receiver}/neoleads/webhooks/{CONN}"
-    code, out, _ = run(capsys, "webhooks", "send-test", "--url", url, "--secret", SECRET, "--event", event)
+    code, out, _ = run_cli(
+        capsys, "webhooks", "send-test", "--url", url, "--secret", SECRET, "--event", event
+    )
     assert code == 0, out
     assert [e.event for e in stored(engine)] == [event]
 
@@ -147,7 +119,7 @@ def test_send_test_other_events(capsys, monkeypatch, engine: Engine, receiver: s
 def test_send_test_wrong_secret_exits_1(capsys, monkeypatch, engine: Engine, receiver: str) -> None:
     set_connection(monkeypatch, webhook_secrets=[SECRET])
     url = f"{receiver}/neoleads/webhooks/{CONN}"
-    code, out, _ = run(capsys, "webhooks", "send-test", "--url", url, "--secret", "not-the-secret")
+    code, out, _ = run_cli(capsys, "webhooks", "send-test", "--url", url, "--secret", "not-the-secret")
     assert code == 1
     assert 'HTTP 401 {"detail":"unauthorized"}' in out
     assert stored(engine) == []
@@ -156,7 +128,7 @@ def test_send_test_wrong_secret_exits_1(capsys, monkeypatch, engine: Engine, rec
 def test_send_test_custom_prefix(capsys, monkeypatch, engine: Engine, receiver: str) -> None:
     set_connection(monkeypatch, webhook_secrets=[SECRET], webhook_header_prefix="X-Acme-")
     url = f"{receiver}/neoleads/webhooks/{CONN}"
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         "webhooks",
         "send-test",
@@ -172,16 +144,16 @@ def test_send_test_custom_prefix(capsys, monkeypatch, engine: Engine, receiver: 
     assert code == 0, out
     assert [e.delivery_id for e in stored(engine)] == ["acme-7"]
     # The default prefix is not what this connection expects.
-    assert run(capsys, "webhooks", "send-test", "--url", url, "--secret", SECRET)[0] == 1
+    assert run_cli(capsys, "webhooks", "send-test", "--url", url, "--secret", SECRET)[0] == 1
 
 
 def test_send_test_unsigned_with_token(capsys, monkeypatch, engine: Engine, receiver: str) -> None:
     set_connection(monkeypatch, webhook_allow_unsigned=True, webhook_url_token=URL_TOKEN)
     url = f"{receiver}/neoleads/webhooks/{CONN}?other=1"
-    code, out, _ = run(capsys, "webhooks", "send-test", "--url", url, "--unsigned", "--token", URL_TOKEN)
+    code, out, _ = run_cli(capsys, "webhooks", "send-test", "--url", url, "--unsigned", "--token", URL_TOKEN)
     assert code == 0, out
     assert len(stored(engine)) == 1
-    code, out, _ = run(capsys, "webhooks", "send-test", "--url", url, "--unsigned", "--token", "wrong")
+    code, out, _ = run_cli(capsys, "webhooks", "send-test", "--url", url, "--unsigned", "--token", "wrong")
     assert code == 1
     assert "HTTP 401" in out
 
@@ -194,7 +166,7 @@ def test_send_test_unsigned_with_token(capsys, monkeypatch, engine: Engine, rece
     ],
 )
 def test_send_test_needs_a_secret_or_a_token(capsys, argv: list[str], message: str) -> None:
-    code, _, err = run(capsys, "webhooks", "send-test", *argv)
+    code, _, err = run_cli(capsys, "webhooks", "send-test", *argv)
     assert code == 2
     assert message in err
 
@@ -215,11 +187,8 @@ def test_send_test_bad_arguments(capsys, argv: list[str], message: str) -> None:
 
 
 def test_send_test_unreachable(capsys) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    code, _, err = run(
-        capsys, "webhooks", "send-test", "--url", f"http://127.0.0.1:{port}/x", "--secret", "s"
+    code, _, err = run_cli(
+        capsys, "webhooks", "send-test", "--url", f"http://127.0.0.1:{free_port()}/x", "--secret", "s"
     )
     assert code == 1
     assert "could not reach" in err
@@ -228,90 +197,41 @@ def test_send_test_unreachable(capsys) -> None:
 # --------------------------------------------------------------------------- serve, as real processes
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_serve_receives_a_send_test_delivery(tmp_path: Path) -> None:
     db_path = tmp_path / "served.db"
-    port = _free_port()
-    env = {
-        **os.environ,
-        f"AIRFLOW_CONN_{CONN.upper()}": json.dumps(
-            {"conn_type": "neoleads", "host": "http://127.0.0.1:1", "extra": {"webhook_secrets": [SECRET]}}
-        ),
-    }
+    port = free_port()
+    env = {**os.environ, **connection_env(CONN, webhook_secrets=[SECRET])}
     log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log_file:
-        server = subprocess.Popen(
+    with standalone_receiver(
+        port=port, db_url=f"sqlite:///{db_path}", env=env, log_path=log_path, host="127.0.0.1"
+    ) as server:
+        # The store was migrated at start, before any delivery.
+        assert db_path.exists()
+
+        sent = subprocess.run(
             [
                 sys.executable,
                 "-m",
                 "neoleads_provider.cli",
                 "webhooks",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--db-url",
-                f"sqlite:///{db_path}",
+                "send-test",
+                "--url",
+                f"http://127.0.0.1:{port}/neoleads/webhooks/{CONN}",
+                "--secret",
+                SECRET,
+                "--conversation-id",
+                "12",
+                "--delivery-id",
+                "served-1",
             ],
             env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(
-                        f"http://127.0.0.1:{port}/neoleads/_health", timeout=2
-                    ) as answer:
-                        if answer.status == 200:
-                            break
-                except (urllib.error.URLError, OSError):
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("serve did not start:\n" + log_path.read_text())
-                time.sleep(0.1)
-            # The store was migrated at start, before any delivery.
-            assert db_path.exists()
-
-            sent = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "neoleads_provider.cli",
-                    "webhooks",
-                    "send-test",
-                    "--url",
-                    f"http://127.0.0.1:{port}/neoleads/webhooks/{CONN}",
-                    "--secret",
-                    SECRET,
-                    "--conversation-id",
-                    "12",
-                    "--delivery-id",
-                    "served-1",
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert sent.returncode == 0, sent.stdout + sent.stderr
-            assert "HTTP 200" in sent.stdout
-            assert "stored" in sent.stdout
-        finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(10)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert "HTTP 200" in sent.stdout
+        assert "stored" in sent.stdout
     assert server.returncode == 0, log_path.read_text()
 
     engine = get_engine(f"sqlite:///{db_path}")
@@ -337,7 +257,7 @@ def test_serve_refuses_an_unusable_store(tmp_path: Path) -> None:
             "webhooks",
             "serve",
             "--port",
-            str(_free_port()),
+            str(free_port()),
             "--db-url",
             f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x.db'}",
         ],
@@ -353,7 +273,7 @@ def test_serve_refuses_an_unusable_store(tmp_path: Path) -> None:
 
 
 def register(capsys, *argv: str) -> tuple[int, Any, str]:
-    code, out, err = run(capsys, "webhooks", "register", *argv)
+    code, out, err = run_cli(capsys, "webhooks", "register", *argv)
     return code, out, err
 
 
@@ -401,10 +321,7 @@ def test_register_creates_then_adopts_then_updates(
 def test_register_prints_the_setting_merged_with_existing_secrets(
     capsys, monkeypatch, neoleads_sandbox: NeoleadsSandbox
 ) -> None:
-    for name, value in neoleads_sandbox.connection_env(
-        "nl_admin", webhook_secrets=["existing-secret-1"]
-    ).items():
-        monkeypatch.setenv(name, value)
+    use_sandbox_connection(monkeypatch, neoleads_sandbox, "nl_admin", webhook_secrets=["existing-secret-1"])
     url = "http://127.0.0.1:9/neoleads/webhooks/nl_admin"
     code, out, err = register(capsys, "--conn-id", "nl_admin", "--url", url)
     assert code == 0, err
@@ -426,8 +343,7 @@ def test_register_prints_the_setting_merged_with_existing_secrets(
     ]
 
     # With the secret already configured there is nothing to change.
-    for name, value in neoleads_sandbox.connection_env("nl_admin", webhook_secrets=[secret]).items():
-        monkeypatch.setenv(name, value)
+    use_sandbox_connection(monkeypatch, neoleads_sandbox, "nl_admin", webhook_secrets=[secret])
     code, out, _ = register(capsys, "--conn-id", "nl_admin", "--url", url)
     assert code == 0
     assert "already accepts this secret" in out
@@ -436,9 +352,7 @@ def test_register_prints_the_setting_merged_with_existing_secrets(
 def test_register_with_a_non_admin_token_fails_cleanly(
     capsys, monkeypatch, neoleads_sandbox: NeoleadsSandbox
 ) -> None:
-    value = json.loads(neoleads_sandbox.connection_env("nl_agent")["AIRFLOW_CONN_NL_AGENT"])
-    value["password"] = neoleads_sandbox.agent_token
-    monkeypatch.setenv("AIRFLOW_CONN_NL_AGENT", json.dumps(value))
+    use_sandbox_connection(monkeypatch, neoleads_sandbox, "nl_agent", token=neoleads_sandbox.agent_token)
     code, _, err = register(capsys, "--conn-id", "nl_agent", "--url", "http://127.0.0.1:9/x")
     assert code == 1
     assert "401" in err
@@ -472,10 +386,9 @@ def test_register_then_the_sandbox_delivers_into_the_store(
         assert code == 0, err
         result = json.loads(out)
         # Apply the printed setting, as the operator would.
-        for name, value in neoleads_sandbox.connection_env(
-            neoleads_connection, webhook_secrets=result["webhook_secrets"]
-        ).items():
-            monkeypatch.setenv(name, value)
+        use_sandbox_connection(
+            monkeypatch, neoleads_sandbox, neoleads_connection, webhook_secrets=result["webhook_secrets"]
+        )
 
         hook = NeoleadsHook(neoleads_conn_id=neoleads_connection)
         contact = hook.create_contact(

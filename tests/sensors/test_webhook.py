@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -33,56 +31,17 @@ from neoleads_provider.exceptions import NeoleadsConfigError, NeoleadsError
 from neoleads_provider.sensors.webhook import NeoleadsWebhookSensor
 from neoleads_provider.store.engine import dispose_engines, get_engine
 from neoleads_provider.store.migrate import EventStoreSchemaError, migrate
-from neoleads_provider.store.repository import insert_event
 from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
-from neoleads_provider.webhooks.payload import extract_event_fields
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from tests._helpers import (
+    free_port,
+    later,
+    message_payload,
+    store_payloads,
+    use_connection,
+    use_sandbox_connection,
+)
 
 TEST_CONN_ID = "neoleads_default"
-CONTACT = {"id": 55, "name": "Ada", "email": "ada@example.com"}
-AGENT = {"id": 3, "name": "Agent", "email": "agent@example.com", "type": "user"}
-
-
-def message_payload(
-    message_id: int,
-    *,
-    conversation_id: int = 7,
-    account_id: int = 1,
-    message_type: str = "incoming",
-    private: bool = False,
-    content: str = "hello",
-) -> dict[str, Any]:
-    return {
-        "event": "message_created",
-        "id": message_id,
-        "content": content,
-        "content_type": "text",
-        "content_attributes": {},
-        "additional_attributes": {},
-        "message_type": message_type,
-        "private": private,
-        "source_id": None,
-        "created_at": "2026-06-01T10:00:00.000Z",
-        "sender": CONTACT if message_type == "incoming" else AGENT,
-        "account": {"id": account_id, "name": "Acme"},
-        "inbox": {"id": 1, "name": "API"},
-        "conversation": {"id": conversation_id, "inbox_id": 1},
-    }
-
-
-def store(url: str, *payloads: dict[str, Any]) -> None:
-    with get_engine(url).begin() as conn:
-        for payload in payloads:
-            insert_event(
-                conn,
-                delivery_id=str(uuid.uuid4()),
-                conn_id=TEST_CONN_ID,
-                fields=extract_event_fields(payload),
-                body=json.dumps(payload),
-                received_at=datetime.now(UTC),
-            )
 
 
 class FakeTaskInstance:
@@ -101,25 +60,9 @@ class FakeTaskInstance:
 
 @pytest.fixture(autouse=True)
 def connection(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_NEOLEADS_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "neoleads",
-                "host": "http://127.0.0.1:9",
-                "password": "sensor-test-token",
-                "extra": {"account_id": 1},
-            }
-        ),
+    use_connection(
+        monkeypatch, TEST_CONN_ID, host="http://127.0.0.1:9", password="sensor-test-token", account_id=1
     )
-
-
-@pytest.fixture
-def events_url(tmp_path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'events.db'}"
-    migrate(get_engine(url))
-    yield url
-    dispose_engines()
 
 
 def sensor(events_url: str, **kwargs: Any) -> NeoleadsWebhookSensor:
@@ -130,19 +73,13 @@ def sensor(events_url: str, **kwargs: Any) -> NeoleadsWebhookSensor:
     return NeoleadsWebhookSensor(task_id=f"wait_{uuid.uuid4().hex[:6]}", events_db_url=events_url, **kwargs)
 
 
-def later(seconds: float, action) -> threading.Timer:
-    timer = threading.Timer(seconds, action)
-    timer.start()
-    return timer
-
-
 # -- poke and reschedule --------------------------------------------------------------------------------
 
 
 def test_poke_mode_waits_for_the_reply_and_returns_it(events_url):
-    store(events_url, message_payload(100, message_type="outgoing", content="Shall we book?"))
+    store_payloads(events_url, message_payload(100, message_type="outgoing", content="Shall we book?"))
     task = sensor(events_url)
-    timer = later(0.3, lambda: store(events_url, message_payload(101, content="Yes please")))
+    timer = later(0.3, lambda: store_payloads(events_url, message_payload(101, content="Yes please")))
     started = time.monotonic()
     result = task.execute({})
     timer.join()
@@ -168,14 +105,14 @@ def test_reschedule_mode_gives_the_slot_back_then_finds_the_reply(events_url):
     with pytest.raises(AirflowRescheduleException) as rescheduled:
         task.execute({"ti": ti})
     assert rescheduled.value.reschedule_date > datetime.now(UTC) + timedelta(seconds=20)
-    store(events_url, message_payload(101, content="Sounds good"))
+    store_payloads(events_url, message_payload(101, content="Sounds good"))
     ti.first_reschedule_date = datetime.now(UTC) - timedelta(seconds=30)
     result = task.execute({"ti": ti})
     assert result["payload"]["content"] == "Sounds good"
 
 
 def test_only_matches_after_the_watermark_and_for_this_account(events_url):
-    store(
+    store_payloads(
         events_url,
         message_payload(99, content="an earlier message"),
         message_payload(100, message_type="outgoing", content="our question"),
@@ -185,14 +122,14 @@ def test_only_matches_after_the_watermark_and_for_this_account(events_url):
     )
     task = sensor(events_url)
     assert task.poke({}).is_done is False
-    store(events_url, message_payload(104, content="the reply"))
+    store_payloads(events_url, message_payload(104, content="the reply"))
     done = task.poke({})
     assert done.is_done is True
     assert done.xcom_value["message_id"] == 104
 
 
 def test_filters_reach_the_store(events_url):
-    store(
+    store_payloads(
         events_url,
         message_payload(101, content="maybe"),
         message_payload(102, message_type="outgoing", content="YES from the agent"),
@@ -227,7 +164,7 @@ def test_deferrable_defers_to_the_trigger_then_completes(events_url):
 
     # What the triggerer does: rebuild the trigger from its serialized form and run it.
     rebuilt = NeoleadsWebhookTrigger(**kwargs)
-    later(0.2, lambda: store(events_url, message_payload(101, content="Deferred yes")))
+    later(0.2, lambda: store_payloads(events_url, message_payload(101, content="Deferred yes")))
     event = asyncio.run(asyncio.wait_for(anext(rebuilt.run()), timeout=10))
     result = task.execute_complete({}, event=event.payload)
     assert result["payload"]["content"] == "Deferred yes"
@@ -235,7 +172,7 @@ def test_deferrable_defers_to_the_trigger_then_completes(events_url):
 
 
 def test_deferrable_returns_at_once_when_the_reply_is_already_stored(events_url):
-    store(events_url, message_payload(101, content="already here"))
+    store_payloads(events_url, message_payload(101, content="already here"))
     result = sensor(events_url, deferrable=True).execute({})
     assert result["payload"]["content"] == "already here"
 
@@ -254,7 +191,7 @@ def test_execute_complete_turns_timeouts_and_errors_into_failures_or_skips(event
 
 
 def test_templated_conversation_and_watermark_are_cast_to_int(events_url):
-    store(events_url, message_payload(101, conversation_id=12, content="templated"))
+    store_payloads(events_url, message_payload(101, conversation_id=12, content="templated"))
     task = sensor(
         events_url,
         conversation_id="{{ ti.xcom_pull(task_ids='create', key='conversation_id') }}",
@@ -314,10 +251,7 @@ def test_templated_bad_values_fail_when_rendered(events_url):
 
 
 def test_the_connection_must_name_its_account(events_url, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_NEOLEADS_DEFAULT",
-        json.dumps({"conn_type": "neoleads", "host": "http://127.0.0.1:9", "password": "t"}),
-    )
+    use_connection(monkeypatch, TEST_CONN_ID, host="http://127.0.0.1:9", password="t")
     with pytest.raises(NeoleadsConfigError, match="account_id"):
         sensor(events_url).poke({})
 
@@ -342,22 +276,14 @@ def test_a_store_outage_is_not_a_failure_and_the_next_poke_recovers(tmp_path, ca
         assert "unavailable" in logged(capfd, caplog)
         store_dir.mkdir()
         migrate(get_engine(url))
-        store(url, message_payload(101, content="after the outage"))
+        store_payloads(url, message_payload(101, content="after the outage"))
         assert task.poke({}).xcom_value["payload"]["content"] == "after the outage"
     finally:
         dispose_engines()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_an_unreachable_postgresql_is_waited_out_and_its_password_never_logged(capfd, caplog):
-    url = (
-        f"postgresql+psycopg://neoleads:hunter2-db-secret@127.0.0.1:{_free_port()}/nowhere?connect_timeout=2"
-    )
+    url = f"postgresql+psycopg://neoleads:hunter2-db-secret@127.0.0.1:{free_port()}/nowhere?connect_timeout=2"
     task = sensor(url)
     try:
         with caplog.at_level(logging.DEBUG):
@@ -387,27 +313,6 @@ def test_a_bad_store_url_fails_instead_of_waiting_forever():
 
 
 # -- poll_api: filling a lost delivery from the API ------------------------------------------------------
-
-
-@pytest.fixture
-def sandbox_conversation(neoleads_sandbox, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """A conversation in the sandbox with one message sent by "the DAG"; no webhook reaches our store."""
-    from neoleads_provider.hooks.neoleads import NeoleadsHook
-
-    # No retries, so an injected 5xx is seen at once instead of after the hook's back-off.
-    for name, value in neoleads_sandbox.connection_env(TEST_CONN_ID, max_retries=0).items():
-        monkeypatch.setenv(name, value)
-    with NeoleadsHook(neoleads_conn_id=TEST_CONN_ID) as hook:
-        contact = hook.create_contact(
-            name="Ada",
-            email=f"ada-{uuid.uuid4().hex[:8]}@example.com",
-            inbox_id=neoleads_sandbox.api_inbox_id,
-        )
-        conversation = hook.create_conversation(
-            inbox_id=neoleads_sandbox.api_inbox_id, contact_id=contact["contact"]["id"]
-        )
-        sent = hook.send_message(conversation["id"], "Shall we book Tuesday?")
-    return {"conversation_id": int(conversation["id"]), "message_id": int(sent["id"])}
 
 
 def test_poll_api_finds_a_reply_whose_webhook_never_arrived(
@@ -473,7 +378,7 @@ def test_a_stored_webhook_is_preferred_to_the_api(events_url, neoleads_sandbox, 
     conversation_id = sandbox_conversation["conversation_id"]
     watermark = sandbox_conversation["message_id"]
     neoleads_sandbox.reply(conversation_id, "via the API")
-    store(
+    store_payloads(
         events_url,
         message_payload(watermark + 1000, conversation_id=conversation_id, content="via the webhook"),
     )
@@ -504,11 +409,7 @@ def test_a_permanent_api_failure_fails_the_poke(
 ):
     from neoleads_provider.exceptions import NeoleadsAuthError
 
-    env = neoleads_sandbox.connection_env(TEST_CONN_ID)
-    connection = json.loads(env["AIRFLOW_CONN_NEOLEADS_DEFAULT"])
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_NEOLEADS_DEFAULT", json.dumps({**connection, "password": "revoked-token"})
-    )
+    use_sandbox_connection(monkeypatch, neoleads_sandbox, TEST_CONN_ID, token="revoked-token")
     task = sensor(
         events_url,
         conversation_id=sandbox_conversation["conversation_id"],

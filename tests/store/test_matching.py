@@ -19,51 +19,14 @@ from neoleads_provider.store.matching import (
     webhook_payload_from_api_message,
 )
 from neoleads_provider.store.migrate import migrate
-from neoleads_provider.store.repository import insert_event_id
 from neoleads_provider.store.schema import webhook_events
 from neoleads_provider.webhooks.payload import extract_event_fields
+from tests._helpers import AGENT, BOT, CONTACT, message_payload, store_payloads
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from sqlalchemy import Engine
-
-CONTACT = {"id": 55, "name": "Ada", "email": "ada@example.com", "account": {"id": 1, "name": "Acme"}}
-AGENT = {"id": 3, "name": "Agent", "email": "agent@example.com", "type": "user"}
-BOT = {"id": 9, "name": "Bot", "type": "agent_bot"}
-
-
-def message_payload(
-    message_id: int,
-    *,
-    conversation_id: int = 7,
-    account_id: int = 1,
-    inbox_id: int = 1,
-    message_type: str = "incoming",
-    private: bool = False,
-    content: str | None = "hello",
-    sender: dict[str, Any] | None = None,
-    event_name: str = "message_created",
-) -> dict[str, Any]:
-    """A message webhook body shaped like Chatwoot's ``Message#webhook_data``."""
-    if sender is None:
-        sender = CONTACT if message_type == "incoming" else AGENT
-    return {
-        "event": event_name,
-        "id": message_id,
-        "content": content,
-        "content_type": "text",
-        "content_attributes": {},
-        "additional_attributes": {},
-        "message_type": message_type,
-        "private": private,
-        "source_id": None,
-        "created_at": "2026-06-01T10:00:00.000Z",
-        "sender": sender,
-        "account": {"id": account_id, "name": "Acme"},
-        "inbox": {"id": inbox_id, "name": "API"},
-        "conversation": {"id": conversation_id, "inbox_id": inbox_id, "status": "open"},
-    }
 
 
 def status_payload(conversation_id: int = 7, *, account_id: int = 1, inbox_id: int = 1) -> dict[str, Any]:
@@ -75,24 +38,6 @@ def status_payload(conversation_id: int = 7, *, account_id: int = 1, inbox_id: i
         "account": {"id": account_id, "name": "Acme"},
         "changed_attributes": [{"status": {"previous_value": "open", "current_value": "resolved"}}],
     }
-
-
-def store(engine: Engine, *payloads: dict[str, Any]) -> list[int]:
-    """Store payloads the way the receiver does and return their row ids."""
-    ids = []
-    with engine.begin() as conn:
-        for payload in payloads:
-            row_id = insert_event_id(
-                conn,
-                delivery_id=str(uuid.uuid4()),
-                conn_id="neoleads_default",
-                fields=extract_event_fields(payload),
-                body=json.dumps(payload),
-                received_at=datetime.now(UTC),
-            )
-            assert row_id is not None
-            ids.append(row_id)
-    return ids
 
 
 def bulk_store(engine: Engine, payloads: list[dict[str, Any]]) -> None:
@@ -131,21 +76,13 @@ def sqlite_engine(tmp_path) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def pg_engine(pg_url: str) -> Iterator[Engine]:
-    # A schema of its own, so tests running at the same time on the same database never see each other's rows.
-    schema = f"nl_match_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = create_engine(pg_url, connect_args={"options": f"-csearch_path={schema}"})
+def pg_engine(pg_schema_url: str) -> Iterator[Engine]:
+    engine = create_engine(pg_schema_url)
     try:
         migrate(engine)
         yield engine
     finally:
         engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -160,7 +97,7 @@ CONVERSATION_7 = EventFilter(account_id=1, conversation_id=7)
 
 
 def test_reply_matches_and_the_echo_of_our_own_message_does_not(engine):
-    echo_id, reply_id = store(
+    echo_id, reply_id = store_payloads(
         engine, message_payload(100, message_type="outgoing"), message_payload(101, content="yes please")
     )
     found = first(engine, CONVERSATION_7)
@@ -176,7 +113,7 @@ def test_reply_matches_and_the_echo_of_our_own_message_does_not(engine):
 
 
 def test_outgoing_and_template_messages_never_match_by_default(engine):
-    store(
+    store_payloads(
         engine,
         message_payload(100, message_type="outgoing"),
         message_payload(101, message_type="template"),
@@ -190,7 +127,7 @@ def test_outgoing_and_template_messages_never_match_by_default(engine):
 
 
 def test_private_notes_are_excluded_unless_asked_for(engine):
-    store(engine, message_payload(100, message_type="outgoing", private=True, content="internal"))
+    store_payloads(engine, message_payload(100, message_type="outgoing", private=True, content="internal"))
     notes = EventFilter(account_id=1, conversation_id=7, message_types=("outgoing",))
     assert first(engine, notes) is None
     with_notes = EventFilter(
@@ -204,7 +141,7 @@ def test_private_notes_are_excluded_unless_asked_for(engine):
 def test_watermark_catches_a_reply_stored_before_the_first_poke_but_not_older_ones(engine):
     # 100: an earlier customer message; 101: the message the DAG sent; 102: the reply, already stored
     # by the time the sensor first looks.
-    store(
+    store_payloads(
         engine,
         message_payload(100, content="earlier question"),
         message_payload(101, message_type="outgoing", content="our question"),
@@ -220,7 +157,7 @@ def test_watermark_catches_a_reply_stored_before_the_first_poke_but_not_older_on
 
 def test_watermark_compares_message_ids_not_arrival_order(engine):
     # Deliveries can arrive out of order: a late webhook for an older message is still older.
-    store(engine, message_payload(105, content="new"), message_payload(99, content="late but old"))
+    store_payloads(engine, message_payload(105, content="new"), message_payload(99, content="late but old"))
     found = first(engine, EventFilter(account_id=1, conversation_id=7, after_message_id=100))
     assert found.message_id == 105
     assert [e.message_id for e in all_matches(engine, EventFilter(account_id=1, conversation_id=7))] == [
@@ -230,7 +167,7 @@ def test_watermark_compares_message_ids_not_arrival_order(engine):
 
 
 def test_other_conversations_and_other_accounts_do_not_match(engine):
-    store(
+    store_payloads(
         engine,
         message_payload(100, conversation_id=8),
         # Display ids are per account: conversation 7 of account 2 is another conversation.
@@ -243,7 +180,7 @@ def test_other_conversations_and_other_accounts_do_not_match(engine):
 
 
 def test_event_names_select_the_event(engine):
-    store(engine, message_payload(100, event_name="message_updated"), status_payload())
+    store_payloads(engine, message_payload(100, event_name="message_updated"), status_payload())
     assert first(engine, CONVERSATION_7) is None
     updated = first(engine, EventFilter(events=("message_updated",), account_id=1, conversation_id=7))
     assert updated is not None
@@ -256,7 +193,9 @@ def test_event_names_select_the_event(engine):
 
 
 def test_message_criteria_do_not_hold_back_conversation_events(engine):
-    store(engine, message_payload(100, message_type="outgoing"), status_payload(), message_payload(101))
+    store_payloads(
+        engine, message_payload(100, message_type="outgoing"), status_payload(), message_payload(101)
+    )
     both = EventFilter(
         events=("message_created", "conversation_status_changed"), account_id=1, conversation_id=7
     )
@@ -265,11 +204,13 @@ def test_message_criteria_do_not_hold_back_conversation_events(engine):
 
 
 def test_content_pattern_is_a_regex_search(engine):
-    store(engine, message_payload(100, content="Maybe later"), message_payload(101, content="YES, book it"))
+    store_payloads(
+        engine, message_payload(100, content="Maybe later"), message_payload(101, content="YES, book it")
+    )
     flt = EventFilter(account_id=1, conversation_id=7, content_pattern=r"(?i)\byes\b")
     assert first(engine, flt).message_id == 101
     assert first(engine, EventFilter(account_id=1, conversation_id=7, content_pattern=r"^no$")) is None
-    store(engine, message_payload(102, content=None))
+    store_payloads(engine, message_payload(102, content=None))
     assert (
         first(
             engine, EventFilter(account_id=1, conversation_id=7, content_pattern=".*", after_message_id=101)
@@ -280,7 +221,7 @@ def test_content_pattern_is_a_regex_search(engine):
 
 def test_a_pattern_miss_on_many_rows_is_read_in_bounded_batches(engine, monkeypatch):
     misses = [message_payload(1000 + n, content=f"not it {n}") for n in range(230)]
-    store(engine, *misses, message_payload(5000, content="the one"))
+    store_payloads(engine, *misses, message_payload(5000, content="the one"))
     monkeypatch.setattr(matching, "DEFAULT_BATCH_SIZE", 50)
     statements: list[str] = []
     event.listen(engine, "before_cursor_execute", lambda conn, cursor, stmt, *args: statements.append(stmt))
@@ -297,7 +238,7 @@ def test_a_pattern_miss_on_many_rows_is_read_in_bounded_batches(engine, monkeypa
 
 
 def test_sender_types(engine):
-    store(
+    store_payloads(
         engine,
         message_payload(100, message_type="outgoing", sender=AGENT),
         message_payload(101, message_type="outgoing", sender=BOT),
@@ -314,7 +255,7 @@ def test_sender_types(engine):
 
 
 def test_inbox_filter_follows_a_whole_inbox(engine):
-    store(
+    store_payloads(
         engine,
         message_payload(100, conversation_id=7, inbox_id=1),
         message_payload(101, conversation_id=8, inbox_id=2),
@@ -325,7 +266,7 @@ def test_inbox_filter_follows_a_whole_inbox(engine):
 
 
 def test_find_matches_pages_forward_with_after_id(engine):
-    ids = store(engine, *[message_payload(100 + n, content=f"m{n}") for n in range(7)])
+    ids = store_payloads(engine, *[message_payload(100 + n, content=f"m{n}") for n in range(7)])
     page1 = all_matches(engine, CONVERSATION_7, limit=3)
     assert [e.id for e in page1] == ids[:3]
     page2 = all_matches(engine, CONVERSATION_7, after_id=page1[-1].id, limit=3)
@@ -359,7 +300,7 @@ def test_sql_and_python_agree_on_a_random_mix(engine):
                 event_name=rng.choice(["message_created", "message_created", "message_updated"]),
             )
         )
-    store(engine, *payloads)
+    store_payloads(engine, *payloads)
     filters = [
         CONVERSATION_7,
         EventFilter(account_id=2, conversation_id=8, message_types=None, include_private=True),

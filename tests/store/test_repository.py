@@ -6,10 +6,8 @@ import json
 import subprocess
 import sys
 import threading
-import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 import pytest
 from sqlalchemy import create_engine, delete, insert, select, text
@@ -29,40 +27,17 @@ from neoleads_provider.store.schema import SCHEMA_VERSION, schema_versions, webh
 from neoleads_provider.webhooks.payload import EventFields
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from sqlalchemy import Engine
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_engines() -> Iterator[None]:
-    dispose_engines()
-    yield
-    dispose_engines()
+pytestmark = pytest.mark.usefixtures("fresh_engines")
 
 
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'events.db'}"
-
-
-@pytest.fixture
-def pg_schema_url(pg_url: str) -> Iterator[str]:
-    # A schema of its own: other test runs may use the same database at the same time.
-    schema = f"nl_repo_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in pg_url else "?"
-    try:
-        yield f"{pg_url}{separator}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        dispose_engines()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

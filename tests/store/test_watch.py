@@ -3,66 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import time
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import pytest
 from sqlalchemy import event
 
 from neoleads_provider.store import watch
-from neoleads_provider.store.engine import dispose_engines, get_engine
+from neoleads_provider.store.engine import get_engine
 from neoleads_provider.store.matching import EventFilter
-from neoleads_provider.store.migrate import migrate
-from neoleads_provider.store.repository import insert_event
 from neoleads_provider.store.watch import ANY, interest_of, read_new_rows, watcher_for
 from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
-from neoleads_provider.webhooks.payload import extract_event_fields
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from tests._helpers import later, message_payload, store_payloads
 
 _counter = iter(range(1, 1_000_000))
 
 
-@pytest.fixture
-def url(tmp_path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'events.db'}"
-    migrate(get_engine(url))
-    yield url
-    dispose_engines()
-
-
 def store(url: str, conversation_id: int, *, inbox_id: int = 2, content: str = "hello") -> None:
-    number = next(_counter)
-    payload = {
-        "event": "message_created",
-        "id": 50_000 + number,
-        "content": content,
-        "message_type": "incoming",
-        "private": False,
-        "sender": {"id": 7},
-        "account": {"id": 1},
-        "inbox": {"id": inbox_id},
-        "conversation": {"id": conversation_id, "inbox_id": inbox_id},
-    }
-    with get_engine(url).begin() as conn:
-        insert_event(
-            conn,
-            delivery_id=f"w-{number}",
-            conn_id="c",
-            fields=extract_event_fields(payload),
-            body=json.dumps(payload),
-            received_at=datetime.now(UTC),
-        )
-
-
-def later(seconds: float, action: Any) -> threading.Timer:
-    timer = threading.Timer(seconds, action)
-    timer.start()
-    return timer
+    """One new incoming message in ``conversation_id``, each with a message id of its own."""
+    payload = message_payload(
+        50_000 + next(_counter), conversation_id=conversation_id, inbox_id=inbox_id, content=content
+    )
+    store_payloads(url, payload, conn_id="c")
 
 
 def test_interest_of_a_filter() -> None:
@@ -71,22 +32,22 @@ def test_interest_of_a_filter() -> None:
     assert interest_of(EventFilter(account_id=1)) == {ANY}
 
 
-def test_read_new_rows(url: str) -> None:
-    assert read_new_rows(url, None) == (None, set())
-    store(url, 5)
-    store(url, 6, inbox_id=3)
-    newest, keys = read_new_rows(url, 0)
+def test_read_new_rows(events_url: str) -> None:
+    assert read_new_rows(events_url, None) == (None, set())
+    store(events_url, 5)
+    store(events_url, 6, inbox_id=3)
+    newest, keys = read_new_rows(events_url, 0)
     assert keys == {ANY, ("c", 5), ("c", 6), ("i", 2), ("i", 3)}
-    assert read_new_rows(url, newest) == (newest, set())
+    assert read_new_rows(events_url, newest) == (newest, set())
 
 
-async def test_a_row_wakes_only_the_waiters_on_its_conversation(url: str) -> None:
-    watcher = watcher_for(url)
-    assert watcher_for(url) is watcher
+async def test_a_row_wakes_only_the_waiters_on_its_conversation(events_url: str) -> None:
+    watcher = watcher_for(events_url)
+    assert watcher_for(events_url) is watcher
     version = watcher.version
     # Let the watcher read its starting point first.
     assert await watcher.wait(version, 0.5, frozenset({("c", 5)})) is False
-    timer = later(0.2, lambda: store(url, 5))
+    timer = later(0.2, lambda: store(events_url, 5))
     started = time.monotonic()
     woken_5, woken_6, woken_any = await asyncio.gather(
         watcher.wait(version, 3, frozenset({("c", 5)})),
@@ -98,28 +59,28 @@ async def test_a_row_wakes_only_the_waiters_on_its_conversation(url: str) -> Non
     assert time.monotonic() - started >= 1.4  # the conversation 6 waiter sat out its whole timeout
 
 
-async def test_a_change_during_the_look_is_not_missed(url: str) -> None:
-    watcher = watcher_for(url)
+async def test_a_change_during_the_look_is_not_missed(events_url: str) -> None:
+    watcher = watcher_for(events_url)
     version = watcher.version
     await watcher.wait(version, 0.5)  # starting point read
     version = watcher.version  # "before the look"
-    store(url, 9)  # arrives while the waiter is looking
+    store(events_url, 9)  # arrives while the waiter is looking
     await asyncio.sleep(0.5)  # the watcher has seen it; nobody was waiting
     started = time.monotonic()
     assert await watcher.wait(version, 5, frozenset({("c", 9)})) is True
     assert time.monotonic() - started < 0.1
 
 
-async def test_idle_cost_does_not_grow_with_waiters(url: str) -> None:
+async def test_idle_cost_does_not_grow_with_waiters(events_url: str) -> None:
     queries: list[str] = []
 
     def count(conn, cursor, statement, *args: Any) -> None:
         queries.append(statement)
 
-    engine = get_engine(url)
+    engine = get_engine(events_url)
     event.listen(engine, "before_cursor_execute", count)
     try:
-        watcher = watcher_for(url)
+        watcher = watcher_for(events_url)
         version = watcher.version
         waits = [watcher.wait(version, 2.0, frozenset({("c", number)})) for number in range(200)]
         await asyncio.gather(*waits)
@@ -129,23 +90,23 @@ async def test_idle_cost_does_not_grow_with_waiters(url: str) -> None:
     assert 5 <= len(queries) <= 15
 
 
-async def test_the_watcher_stops_when_nobody_waits(url: str, monkeypatch) -> None:
+async def test_the_watcher_stops_when_nobody_waits(events_url: str, monkeypatch) -> None:
     monkeypatch.setattr(watch, "IDLE_STOP_SECONDS", 0.3)
-    watcher = watcher_for(url)
+    watcher = watcher_for(events_url)
     await watcher.wait(watcher.version, 0.1)
     task = watcher._task
     assert task is not None
     await asyncio.wait_for(task, 3)
     # And it starts again for the next waiter.
     version = watcher.version
-    later(0.3, lambda: store(url, 4))
+    later(0.3, lambda: store(events_url, 4))
     assert await watcher.wait(version, 3, frozenset({("c", 4)})) is True
 
 
-async def test_a_trigger_with_a_long_poll_interval_fires_within_a_second(url: str) -> None:
+async def test_a_trigger_with_a_long_poll_interval_fires_within_a_second(events_url: str) -> None:
     flt = EventFilter(events=("message_created",), account_id=1, conversation_id=77)
-    trigger = NeoleadsWebhookTrigger(event_filter=flt.to_dict(), events_db_url=url, poll_interval=30)
-    timer = later(0.6, lambda: store(url, 77, content="the reply"))
+    trigger = NeoleadsWebhookTrigger(event_filter=flt.to_dict(), events_db_url=events_url, poll_interval=30)
+    timer = later(0.6, lambda: store(events_url, 77, content="the reply"))
     started = time.monotonic()
     run = trigger.run()
     try:

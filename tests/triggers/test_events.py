@@ -11,101 +11,39 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
-from neoleads_provider.store.engine import dispose_engines, get_engine
+from neoleads_provider.store.engine import get_engine
 from neoleads_provider.store.migrate import migrate
-from neoleads_provider.store.repository import insert_event, insert_event_id
+from neoleads_provider.store.repository import insert_event
 from neoleads_provider.store.schema import webhook_events
 from neoleads_provider.triggers import events as events_module
 from neoleads_provider.triggers.events import CursorState, NeoleadsEventTrigger
 from neoleads_provider.webhooks.payload import extract_event_fields
+from tests._helpers import message_payload, store_payloads
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator
 
 CLASSPATH = "neoleads_provider.triggers.events.NeoleadsEventTrigger"
 
-
-def message(
-    message_id: int,
-    *,
-    message_type: str = "incoming",
-    content: str = "hi",
-    inbox_id: int = 1,
-    conversation_id: int = 7001,
-    private: bool = False,
-) -> dict[str, Any]:
-    sender = {"id": 301, "name": "Ada"} if message_type == "incoming" else {"id": 3, "type": "user"}
-    return {
-        "event": "message_created",
-        "id": message_id,
-        "content": content,
-        "message_type": message_type,
-        "private": private,
-        "created_at": "2026-06-01T10:00:00.000Z",
-        "sender": sender,
-        "account": {"id": 1, "name": "Acme"},
-        "inbox": {"id": inbox_id, "name": "API"},
-        "conversation": {"id": conversation_id, "inbox_id": inbox_id},
-    }
+pytestmark = pytest.mark.usefixtures("fresh_engines")
 
 
-def store(url: str, *payloads: dict[str, Any], received_at: datetime | None = None) -> list[int]:
-    """Insert deliveries the way the receiver does; return their row ids."""
-    ids = []
-    with get_engine(url).begin() as conn:
-        for payload in payloads:
-            event_id = insert_event_id(
-                conn,
-                delivery_id=str(uuid.uuid4()),
-                conn_id="neoleads_default",
-                fields=extract_event_fields(payload),
-                body=json.dumps(payload),
-                received_at=received_at or datetime.now(UTC),
-            )
-            assert event_id is not None
-            ids.append(event_id)
-    return ids
-
-
-@pytest.fixture(autouse=True)
-def _fresh_engines() -> Iterator[None]:
-    dispose_engines()
-    yield
-    dispose_engines()
+def message(message_id: int, **fields: Any) -> dict[str, Any]:
+    """A message saying "hi" in this module's conversation, 7001, unless ``fields`` say otherwise."""
+    return message_payload(message_id, **{"conversation_id": 7001, "content": "hi", **fields})
 
 
 @pytest.fixture
-def sqlite_url(tmp_path) -> str:
-    url = f"sqlite:///{tmp_path / 'events.db'}"
-    migrate(get_engine(url))
-    return url
-
-
-@pytest.fixture
-def pg_schema_url(pg_url: str) -> Iterator[str]:
-    # A schema of its own: other test runs may use the same database at the same time.
-    schema = f"nl_evtrig_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in pg_url else "?"
-    url = f"{pg_url}{separator}options={quote(f'-csearch_path={schema}')}"
-    try:
-        migrate(get_engine(url))
-        yield url
-    finally:
-        dispose_engines()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+def pg_events_url(pg_schema_url: str) -> str:
+    """A migrated event store in a PostgreSQL schema of the test's own."""
+    migrate(get_engine(pg_schema_url))
+    return pg_schema_url
 
 
 # -- Airflow's asset state store, with the triggerer's supervisor channel in memory -------------------------
@@ -368,17 +306,17 @@ def test_cursor_state_from_saved_values(value, expected):
 # -- run(): the asset state store ---------------------------------------------------------------------------
 
 
-async def test_first_start_begins_at_the_end_and_fires_each_new_match_once(sqlite_url, comms, quick_save):
-    old = store(sqlite_url, message(90001), message(90002))
-    trig = make(sqlite_url, state_store(), inbox_id=1)
+async def test_first_start_begins_at_the_end_and_fires_each_new_match_once(events_url, comms, quick_save):
+    old = store_payloads(events_url, message(90001), message(90002))
+    trig = make(events_url, state_store(), inbox_id=1)
     async with Running(trig) as running:
         await running.settle(0.2)
         assert running.fired == []
         # The start is saved at once, so a restart before the first event starts from the same place.
         assert CursorState.from_json(saved_cursor(comms, trig)) == CursorState(after_id=old[-1])
 
-        store(
-            sqlite_url,
+        store_payloads(
+            events_url,
             message(90003, content="first"),
             message(90004, message_type="outgoing", content="our own answer's echo"),
             message(90005, private=True, content="a private note"),
@@ -402,12 +340,12 @@ async def test_first_start_begins_at_the_end_and_fires_each_new_match_once(sqlit
 
 
 async def test_a_restarted_trigger_never_refires_and_catches_up_on_what_came_while_down(
-    sqlite_url, comms, quick_save
+    events_url, comms, quick_save
 ):
     states = state_store()
-    async with Running(make(sqlite_url, states)) as running:
+    async with Running(make(events_url, states)) as running:
         await running.settle(0.1)
-        store(sqlite_url, message(90010, content="before the restart"))
+        store_payloads(events_url, message(90010, content="before the restart"))
         await running.wait_for(1)
         # Saved only once the fired id is past the hand-over delay.
         await running.settle(quick_save + 0.2)
@@ -416,46 +354,46 @@ async def test_a_restarted_trigger_never_refires_and_catches_up_on_what_came_whi
     assert cursor.fired.keys() | {cursor.after_id} >= {running.fired[0]["event_id"]}
 
     # Stored while no triggerer ran.
-    store(sqlite_url, message(90011, content="while down"))
+    store_payloads(events_url, message(90011, content="while down"))
     # A new instance (a new triggerer process) with the same filter: the same cursor key.
-    async with Running(make(sqlite_url, state_store())) as restarted:
+    async with Running(make(events_url, state_store())) as restarted:
         await restarted.wait_for(1)
-        store(sqlite_url, message(90012, content="after the restart"))
+        store_payloads(events_url, message(90012, content="after the restart"))
         await restarted.wait_for(2)
         await restarted.settle()
     assert message_ids(restarted.fired) == [90011, 90012]
 
 
-async def test_an_event_not_yet_handed_over_fires_again_after_a_crash(sqlite_url, comms, monkeypatch):
+async def test_an_event_not_yet_handed_over_fires_again_after_a_crash(events_url, comms, monkeypatch):
     """At-least-once in the crash window: a fired id is saved only CURSOR_SAVE_DELAY after it fired."""
     monkeypatch.setattr(events_module, "CURSOR_SAVE_DELAY", 60.0)
-    async with Running(make(sqlite_url, state_store())) as running:
+    async with Running(make(events_url, state_store())) as running:
         await running.settle(0.1)
-        store(sqlite_url, message(90020))
+        store_payloads(events_url, message(90020))
         await running.wait_for(1)
         await running.settle()
     cursor = CursorState.from_json(saved_cursor(comms, running.trigger))
     assert cursor is not None
     assert cursor.fired == {}
-    async with Running(make(sqlite_url, state_store())) as restarted:
+    async with Running(make(events_url, state_store())) as restarted:
         await restarted.wait_for(1)
         await restarted.settle()
     assert message_ids(restarted.fired) == [90020]
 
 
 @pytest.mark.parametrize(("after_first", "expected"), [(False, [90030, 90031]), (True, [90031])])
-async def test_start_from_on_the_very_first_start(sqlite_url, comms, after_first, expected):
-    ids = store(sqlite_url, message(90030), message(90031))
-    trig = make(sqlite_url, state_store(), start_from=ids[0] if after_first else "beginning")
+async def test_start_from_on_the_very_first_start(events_url, comms, after_first, expected):
+    ids = store_payloads(events_url, message(90030), message(90031))
+    trig = make(events_url, state_store(), start_from=ids[0] if after_first else "beginning")
     async with Running(trig) as running:
         await running.wait_for(len(expected))
         await running.settle()
     assert message_ids(running.fired) == expected
 
 
-async def test_the_cursor_can_be_rewound_by_hand(sqlite_url, comms):
-    ids = store(sqlite_url, message(90040), message(90041), message(90042))
-    trig = make(sqlite_url, state_store())
+async def test_the_cursor_can_be_rewound_by_hand(events_url, comms):
+    ids = store_payloads(events_url, message(90040), message(90041), message(90042))
+    trig = make(events_url, state_store())
     # What an operator does through the REST API: PUT the state-store key to a bare event id.
     comms.values[("incoming", trig.cursor_key)] = ids[0]
     async with Running(trig) as running:
@@ -464,9 +402,9 @@ async def test_the_cursor_can_be_rewound_by_hand(sqlite_url, comms):
     assert message_ids(running.fired) == [90041, 90042]
 
 
-async def test_a_saved_value_that_is_not_a_cursor_is_ignored_and_logged(sqlite_url, comms, caplog):
-    store(sqlite_url, message(90050))
-    trig = make(sqlite_url, state_store())
+async def test_a_saved_value_that_is_not_a_cursor_is_ignored_and_logged(events_url, comms, caplog):
+    store_payloads(events_url, message(90050))
+    trig = make(events_url, state_store())
     comms.values[("incoming", trig.cursor_key)] = {"after_id": "yesterday"}
     with caplog.at_level(logging.ERROR, logger="neoleads_provider.triggers.events"):
         async with Running(trig) as running:
@@ -476,20 +414,20 @@ async def test_a_saved_value_that_is_not_a_cursor_is_ignored_and_logged(sqlite_u
     assert CursorState.from_json(saved_cursor(comms, trig)) is not None
 
 
-async def test_one_trigger_on_two_assets_keeps_its_cursor_in_both(sqlite_url, comms, quick_save):
-    trig = make(sqlite_url, state_store("orders", "support"))
+async def test_one_trigger_on_two_assets_keeps_its_cursor_in_both(events_url, comms, quick_save):
+    trig = make(events_url, state_store("orders", "support"))
     async with Running(trig) as running:
         await running.settle(0.1)
-        store(sqlite_url, message(90060))
+        store_payloads(events_url, message(90060))
         await running.wait_for(1)
         await running.settle(quick_save + 0.2)
     assert saved_cursor(comms, trig, "orders") == saved_cursor(comms, trig, "support") is not None
 
 
-async def test_it_waits_for_the_state_store_instead_of_guessing(sqlite_url, comms):
-    store(sqlite_url, message(90070))
+async def test_it_waits_for_the_state_store_instead_of_guessing(events_url, comms):
+    store_payloads(events_url, message(90070))
     comms.fail = True
-    async with Running(make(sqlite_url, state_store(), start_from="beginning")) as running:
+    async with Running(make(events_url, state_store(), start_from="beginning")) as running:
         await running.settle(0.3)
         assert running.fired == []
         comms.fail = False
@@ -500,11 +438,13 @@ async def test_it_waits_for_the_state_store_instead_of_guessing(sqlite_url, comm
 # -- run(): the store ---------------------------------------------------------------------------------------
 
 
-async def test_content_pattern_and_event_names(sqlite_url, comms):
-    trig = make(sqlite_url, state_store(), events=["message_created"], content_pattern=r"(?i)\bprice\b")
+async def test_content_pattern_and_event_names(events_url, comms):
+    trig = make(events_url, state_store(), events=["message_created"], content_pattern=r"(?i)\bprice\b")
     async with Running(trig) as running:
         await running.settle(0.1)
-        store(sqlite_url, message(90080, content="hello"), message(90081, content="What is the PRICE?"))
+        store_payloads(
+            events_url, message(90080, content="hello"), message(90081, content="What is the PRICE?")
+        )
         await running.wait_for(1)
         await running.settle()
     assert message_ids(running.fired) == [90081]
@@ -518,7 +458,7 @@ async def test_a_store_without_schema_yet_is_an_empty_store(tmp_path, comms):
         assert CursorState.from_json(saved_cursor(comms, trig)) == CursorState(after_id=0)
         # The receiver creates the schema on its first delivery.
         migrate(get_engine(url))
-        store(url, message(90090))
+        store_payloads(url, message(90090))
         await running.wait_for(1)
     assert message_ids(running.fired) == [90090]
 
@@ -532,14 +472,14 @@ async def test_an_unreachable_store_is_waited_out_without_ending_the_watcher(com
     assert "cannot place its cursor yet" in logged(caplog, capsys)
 
 
-async def test_late_commits_below_the_newest_fired_id_still_fire_once(sqlite_url, comms, quick_save):
+async def test_late_commits_below_the_newest_fired_id_still_fire_once(events_url, comms, quick_save):
     """A row whose id is smaller than one already fired (it committed later) fires too, exactly once."""
-    start = store(sqlite_url, message(90100))[0]
-    trig = make(sqlite_url, state_store(), settle_seconds=0.5)
+    start = store_payloads(events_url, message(90100))[0]
+    trig = make(events_url, state_store(), settle_seconds=0.5)
     async with Running(trig) as running:
         await running.settle(0.1)
         late_id = start + 1
-        with get_engine(sqlite_url).begin() as conn:
+        with get_engine(events_url).begin() as conn:
             # The receiver that took id late_id has not committed yet; a later one already has.
             body = message(90102, content="committed first")
             conn.execute(
@@ -553,7 +493,7 @@ async def test_late_commits_below_the_newest_fired_id_still_fire_once(sqlite_url
                 )
             )
         await running.wait_for(1)
-        with get_engine(sqlite_url).begin() as conn:
+        with get_engine(events_url).begin() as conn:
             body = message(90101, content="committed late")
             conn.execute(
                 webhook_events.insert().values(
@@ -579,10 +519,10 @@ async def test_late_commits_below_the_newest_fired_id_still_fire_once(sqlite_url
 
 
 @pytest.mark.postgres
-async def test_postgresql_concurrent_receivers_commit_out_of_order(pg_schema_url, comms, quick_save):
+async def test_postgresql_concurrent_receivers_commit_out_of_order(pg_events_url, comms, quick_save):
     """Two real transactions: the one holding the smaller id commits after the larger one was fired."""
-    trig = make(pg_schema_url, state_store())
-    slow = create_engine(pg_schema_url)
+    trig = make(pg_events_url, state_store())
+    slow = create_engine(pg_events_url)
     try:
         async with Running(trig) as running:
             await running.settle(0.2)
@@ -597,7 +537,7 @@ async def test_postgresql_concurrent_receivers_commit_out_of_order(pg_schema_url
                     body=json.dumps(body),
                     received_at=datetime.now(UTC),
                 )
-                store(pg_schema_url, message(90202, content="fast receiver"))
+                store_payloads(pg_events_url, message(90202, content="fast receiver"))
                 await running.wait_for(1)
                 slow_tx.commit()
             await running.wait_for(2)
@@ -612,16 +552,16 @@ async def test_postgresql_concurrent_receivers_commit_out_of_order(pg_schema_url
 # -- run(): without a state store (Airflow before 3.3) --------------------------------------------------------
 
 
-async def test_without_a_state_store_every_start_is_at_the_end(sqlite_url, caplog, capsys):
-    store(sqlite_url, message(90300))
+async def test_without_a_state_store_every_start_is_at_the_end(events_url, caplog, capsys):
+    store_payloads(events_url, message(90300))
     with caplog.at_level(logging.WARNING):
-        async with Running(make(sqlite_url, None, start_from="beginning")) as running:
+        async with Running(make(events_url, None, start_from="beginning")) as running:
             await running.settle(0.2)
-            store(sqlite_url, message(90301))
+            store_payloads(events_url, message(90301))
             await running.wait_for(1)
             await running.settle()
     assert message_ids(running.fired) == [90301]
     assert "needs a durable cursor" in logged(caplog, capsys)
-    async with Running(make(sqlite_url, None)) as restarted:
+    async with Running(make(events_url, None)) as restarted:
         await restarted.settle(0.3)
     assert restarted.fired == []

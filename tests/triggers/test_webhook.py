@@ -7,63 +7,19 @@ import itertools
 import json
 import threading
 import time
-import uuid
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from neoleads_provider.store.engine import dispose_engines, get_engine
 from neoleads_provider.store.matching import EventFilter
 from neoleads_provider.store.migrate import migrate
-from neoleads_provider.store.repository import insert_event
 from neoleads_provider.triggers import webhook as trigger_module
 from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
-from neoleads_provider.webhooks.payload import extract_event_fields
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from tests._helpers import message_payload, store_payloads, use_sandbox_connection
 
 CLASSPATH = "neoleads_provider.triggers.webhook.NeoleadsWebhookTrigger"
 FILTER = EventFilter(account_id=1, conversation_id=7, after_message_id=100)
-
-
-def message_payload(
-    message_id: int, *, message_type: str = "incoming", content: str = "hi"
-) -> dict[str, Any]:
-    return {
-        "event": "message_created",
-        "id": message_id,
-        "content": content,
-        "message_type": message_type,
-        "private": False,
-        "created_at": "2026-06-01T10:00:00.000Z",
-        "sender": {"id": 55, "name": "Ada"} if message_type == "incoming" else {"id": 3, "type": "user"},
-        "account": {"id": 1, "name": "Acme"},
-        "inbox": {"id": 1, "name": "API"},
-        "conversation": {"id": 7, "inbox_id": 1},
-    }
-
-
-def store(url: str, *payloads: dict[str, Any]) -> None:
-    with get_engine(url).begin() as conn:
-        for payload in payloads:
-            insert_event(
-                conn,
-                delivery_id=str(uuid.uuid4()),
-                conn_id="neoleads_default",
-                fields=extract_event_fields(payload),
-                body=json.dumps(payload),
-                received_at=datetime.now(UTC),
-            )
-
-
-@pytest.fixture
-def events_url(tmp_path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'events.db'}"
-    migrate(get_engine(url))
-    yield url
-    dispose_engines()
 
 
 @pytest.fixture
@@ -166,8 +122,12 @@ def test_bad_arguments(kwargs, message):
 
 
 async def test_run_fires_when_a_row_is_inserted_from_another_thread(events_url, looks):
-    store(events_url, message_payload(100, message_type="outgoing"), message_payload(99, content="too old"))
-    inserter = threading.Timer(0.4, lambda: store(events_url, message_payload(101, content="the reply")))
+    store_payloads(
+        events_url, message_payload(100, message_type="outgoing"), message_payload(99, content="too old")
+    )
+    inserter = threading.Timer(
+        0.4, lambda: store_payloads(events_url, message_payload(101, content="the reply"))
+    )
     inserter.start()
     # The event loop stays free while the trigger waits: this ticker keeps running alongside it.
     ticks = 0
@@ -199,7 +159,7 @@ async def test_run_fires_when_a_row_is_inserted_from_another_thread(events_url, 
 
 
 async def test_run_fires_at_once_for_a_reply_already_stored(events_url):
-    store(events_url, message_payload(101, content="early bird"))
+    store_payloads(events_url, message_payload(101, content="early bird"))
     event = await first_event(trigger(events_url, poll_interval=30))
     assert event["event"]["payload"]["content"] == "early bird"
 
@@ -221,7 +181,7 @@ async def test_a_store_outage_is_waited_out_with_backoff_then_the_event_fires(tm
     def recover() -> None:
         store_dir.mkdir()
         migrate(get_engine(url))
-        store(url, message_payload(101, content="after the outage"))
+        store_payloads(url, message_payload(101, content="after the outage"))
 
     recovery = threading.Timer(0.8, recover)
     recovery.start()
@@ -253,26 +213,6 @@ async def test_a_bad_store_url_ends_with_an_error_event():
 
 
 # -- poll_api ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def sandbox_conversation(neoleads_sandbox, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """A conversation in the sandbox with one message sent by "the DAG"; no webhook reaches our store."""
-    from neoleads_provider.hooks.neoleads import NeoleadsHook
-
-    for name, value in neoleads_sandbox.connection_env("neoleads_default", max_retries=0).items():
-        monkeypatch.setenv(name, value)
-    with NeoleadsHook(neoleads_conn_id="neoleads_default") as hook:
-        contact = hook.create_contact(
-            name="Ada",
-            email=f"ada-{uuid.uuid4().hex[:8]}@example.com",
-            inbox_id=neoleads_sandbox.api_inbox_id,
-        )
-        conversation = hook.create_conversation(
-            inbox_id=neoleads_sandbox.api_inbox_id, contact_id=contact["contact"]["id"]
-        )
-        sent = hook.send_message(conversation["id"], "Shall we book Tuesday?")
-    return {"conversation_id": int(conversation["id"]), "message_id": int(sent["id"])}
 
 
 def api_filter(neoleads_sandbox, sandbox_conversation: dict[str, int]) -> dict[str, Any]:
@@ -324,8 +264,7 @@ async def test_poll_api_rides_out_a_transient_api_failure(events_url, neoleads_s
 async def test_poll_api_ends_with_an_error_when_the_conversation_is_gone(
     events_url, neoleads_sandbox, monkeypatch
 ):
-    for name, value in neoleads_sandbox.connection_env("neoleads_default", max_retries=0).items():
-        monkeypatch.setenv(name, value)
+    use_sandbox_connection(monkeypatch, neoleads_sandbox, max_retries=0)
     trig = trigger(
         events_url,
         event_filter=EventFilter(account_id=neoleads_sandbox.account_id, conversation_id=999_999).to_dict(),
