@@ -35,7 +35,7 @@ class LazyReceiverApp:
 
     @property
     def app(self) -> Any:
-        """The receiver FastAPI app, built now if it was not yet."""
+        """The receiver app (:class:`~neoleads_provider.webhooks.app.WebhookReceiverApp`), built now if it was not yet."""
         if self._app is None:
             with self._lock:
                 if self._app is None:

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from neoleads_provider.plugins import URL_PREFIX, LazyReceiverApp, NeoleadsPlugin, receiver_app
 from neoleads_provider.store.engine import dispose_engines, get_engine
 from neoleads_provider.store.repository import get_event
+from neoleads_provider.webhooks.app import WebhookReceiverApp
 from tests._helpers import (
     child_env,
     free_port,
@@ -98,7 +99,8 @@ def test_lazy_app_builds_once() -> None:
     lazy = LazyReceiverApp()
     assert "built=False" in repr(lazy)
     built = lazy.app
-    assert isinstance(built, FastAPI)
+    assert isinstance(built, WebhookReceiverApp)
+    assert isinstance(built.fastapi_app, FastAPI)
     assert lazy.app is built
     assert "built=True" in repr(lazy)
 

@@ -37,13 +37,14 @@ IDLE_EXIT_SECONDS = 10.0
 _Job = tuple[Any, "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 
 
-def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
-    if future.done():  # the handler was cancelled (client gone); the work was still done
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+def _settle_all(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, outcome in settled:
+        if future.done():  # the handler was cancelled (client gone); the work was still done
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 class BatchRunner(Generic[T, R]):
@@ -54,6 +55,8 @@ class BatchRunner(Generic[T, R]):
         item of the batch gets that exception.
     :param max_batch: the most items per call.
     :param name: the thread's name.
+    :param on_idle: called on the thread just before it exits for want of work, to release what ``handle``
+        keeps for that thread (a database connection); its errors are logged and ignored.
     """
 
     def __init__(
@@ -62,12 +65,14 @@ class BatchRunner(Generic[T, R]):
         *,
         max_batch: int = 256,
         name: str = "neoleads-batch",
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._handle = handle
         self._max_batch = max_batch
         self._name = name
+        self._on_idle = on_idle
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -108,7 +113,7 @@ class BatchRunner(Generic[T, R]):
                     # before the look (so the look finds it), and one that did not starts a new thread.
                     current, self._thread = self._thread, None
                     if self._queue.empty():
-                        return
+                        break
                     self._thread = current
                 continue
             jobs = [first]
@@ -118,6 +123,11 @@ class BatchRunner(Generic[T, R]):
                 except queue.Empty:
                     break
             self._process(jobs)
+        if self._on_idle is not None:
+            try:
+                self._on_idle()
+            except Exception:
+                log.exception("Batch runner %s: releasing its resources failed", self._name)
 
     def _process(self, jobs: list[_Job]) -> None:
         try:
@@ -127,6 +137,11 @@ class BatchRunner(Generic[T, R]):
         except BaseException as exc:
             log.exception("Batch handler %s failed", self._name)
             outcomes = [exc] * len(jobs)
+        # One wake-up per event loop for the whole batch: each call_soon_threadsafe writes to the loop's
+        # self-pipe, a system call and a wake-up per delivery otherwise.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
         for (_, future, loop), outcome in zip(jobs, outcomes, strict=True):
+            by_loop.setdefault(loop, []).append((future, outcome))
+        for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the handler's event loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(_settle, future, outcome)
+                loop.call_soon_threadsafe(_settle_all, settled)

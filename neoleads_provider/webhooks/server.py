@@ -13,11 +13,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from neoleads_provider.plugins import URL_PREFIX
+from neoleads_provider.webhooks.asgi import send_json
 
 if TYPE_CHECKING:
     from collections.abc import Callable, MutableMapping
 
-    from fastapi import FastAPI
     from sqlalchemy import Engine
 
 __all__ = ["create_server_app", "serve"]
@@ -67,24 +67,48 @@ class AccessLogMiddleware:
             )
 
 
+class _Mounted:
+    """Serve ``app`` below ``prefix`` as Starlette's ``Mount`` would, and 404 everything else.
+
+    The standalone server has nothing else to route, so a FastAPI parent app (two more layers of
+    middleware per delivery) would only cost time.
+    """
+
+    def __init__(self, prefix: str, app: Any) -> None:
+        self._prefix = prefix
+        self._app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self._app(scope, receive, send)  # lifespan
+            return
+        path: str = scope["path"]
+        if path.startswith(self._prefix + "/"):
+            root_path = scope.get("root_path", "") + self._prefix
+            await self._app({**scope, "root_path": root_path}, receive, send)
+            return
+        if scope["type"] == "http":
+            await send_json(send, 404, {"detail": "Not Found"})
+
+
 def create_server_app(
     *,
     engine_factory: Callable[[], Engine] | None = None,
     resolve_connection: Callable[[str], Any] | None = None,
     clock: Callable[[], float] = time.time,
-) -> FastAPI:
-    """Return an app with the receiver mounted at ``/neoleads``, exactly as the Airflow plugin mounts it."""
-    from fastapi import FastAPI
+    access_log: bool = True,
+) -> Any:
+    """Return an ASGI app with the receiver mounted at ``/neoleads``, at the paths the Airflow plugin uses.
 
+    :param access_log: log method, path, status and time of every request (never the query string).
+    """
     from neoleads_provider.webhooks.app import create_app
 
-    parent = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    parent.mount(
+    app: Any = _Mounted(
         URL_PREFIX,
         create_app(engine_factory=engine_factory, resolve_connection=resolve_connection, clock=clock),
     )
-    parent.add_middleware(AccessLogMiddleware)
-    return parent
+    return AccessLogMiddleware(app) if access_log else app
 
 
 def serve(
@@ -93,10 +117,12 @@ def serve(
     *,
     db_url: str | None = None,
     log_level: str = "info",
+    access_log: bool = True,
 ) -> None:
     """Migrate the event store once, then serve the receiver with uvicorn until interrupted.
 
     :param db_url: the event store URL; default ``[neoleads] events_db_url``.
+    :param access_log: write a line per request; the store records every accepted delivery in any case.
     :raises sqlalchemy.exc.SQLAlchemyError: the store cannot be reached or migrated at start.
     """
     import uvicorn
@@ -107,10 +133,11 @@ def serve(
     engine = get_engine(db_url)
     version = migrate(engine)
     log.info("Neoleads event store %s is at schema version %s", safe_url(engine.url), version)
-    app = create_server_app(engine_factory=lambda: get_engine(db_url))
+    app = create_server_app(engine_factory=lambda: get_engine(db_url), access_log=access_log)
     log.info("Receiving Neoleads webhooks at http://%s:%s%s/webhooks/<conn_id>", host, port, URL_PREFIX)
     # uvicorn's own access log prints query strings; AccessLogMiddleware replaces it.
-    _plain_access_log(log_level)
+    if access_log:
+        _plain_access_log(log_level)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level=log_level)
 
 

@@ -9,12 +9,10 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import event, func, select
@@ -31,6 +29,7 @@ from neoleads_provider.webhooks.app import (
 )
 from neoleads_provider.webhooks.server import create_server_app
 from neoleads_provider.webhooks.verify import sign
+from tests._helpers import serving
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -766,28 +765,6 @@ def test_other_methods_are_refused(client: TestClient) -> None:
 # --------------------------------------------------------------------------- a real server
 
 
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yield its base URL."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 @pytest.fixture
 def live_url(monkeypatch, engine: Engine) -> Iterator[str]:
     set_connection(monkeypatch, webhook_secrets=[OLD_SECRET, NEW_SECRET])
@@ -893,6 +870,51 @@ def test_real_server_token_is_not_in_the_access_log(live_url: str, caplog) -> No
         time.sleep(0.01)
     assert any("/neoleads/webhooks/token_conn" in line and " 200 " in line for line in access)
     # The autouse fixture checks that URL_TOKEN appears nowhere in the captured log.
+
+
+def test_real_server_answers_only_under_its_prefix(live_url: str) -> None:
+    assert httpx.get(f"{live_url}/neoleads/_health").json() == {"status": "ok"}
+    for path in ("/", "/webhooks/neoleads_default", "/neoleadsx/webhooks/neoleads_default"):
+        response = httpx.post(
+            f"{live_url}{path}", content=body_of(), headers={"Content-Type": "application/json"}
+        )
+        assert (response.status_code, response.json()) == (404, {"detail": "Not Found"}), path
+    response = httpx.get(f"{live_url}/neoleads/webhooks/{CONN_ID}")
+    assert (response.status_code, response.headers["allow"]) == (405, "POST")
+
+
+def test_real_server_body_in_many_pieces_is_read_whole(live_url: str, engine: Engine) -> None:
+    body = body_of({**MESSAGE, "id": 4242})
+    headers = signed(body, timestamp=time.time(), delivery_id="pieces-1")
+
+    def pieces() -> Iterator[bytes]:
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7]
+
+    response = httpx.post(f"{live_url}/neoleads/webhooks/{CONN_ID}", content=pieces(), headers=headers)
+    assert response.status_code == 200, response.text
+    with engine.connect() as conn:
+        stored = get_event(conn, delivery_id="pieces-1")
+    assert stored is not None
+    assert stored.body.encode() == body
+
+
+def test_no_access_log_writes_no_request_lines_but_still_logs_refusals(
+    monkeypatch, engine: Engine, caplog
+) -> None:
+    set_connection(monkeypatch, webhook_secrets=[OLD_SECRET])
+    caplog.set_level(logging.INFO)
+    with serving(create_server_app(engine_factory=lambda: engine, access_log=False)) as url:
+        body = body_of()
+        ok = httpx.post(
+            f"{url}/neoleads/webhooks/{CONN_ID}", content=body, headers=signed(body, timestamp=time.time())
+        )
+        wrong = signed(body, secret="wrong-secret-value", timestamp=time.time())
+        refused = httpx.post(f"{url}/neoleads/webhooks/{CONN_ID}", content=body, headers=wrong)
+        time.sleep(0.2)
+    assert (ok.status_code, refused.status_code) == (200, 401)
+    assert not [r for r in caplog.records if r.name == "neoleads_provider.webhooks.access"]
+    assert any("refused with 401" in r.getMessage() for r in caplog.records)
 
 
 @pytest.fixture

@@ -7,12 +7,10 @@ import json
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import DataError, OperationalError
 
@@ -25,6 +23,7 @@ from neoleads_provider.webhooks.app import _Delivery, _LogThrottle, _Store, crea
 from neoleads_provider.webhooks.batching import BatchRunner
 from neoleads_provider.webhooks.payload import extract_event_fields
 from neoleads_provider.webhooks.verify import signed_headers
+from tests._helpers import serving
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -216,7 +215,10 @@ def test_a_row_level_error_falls_back_to_one_transaction_per_delivery(engine: En
     refused = []
 
     def refuse_multi_row_inserts(conn, cursor, statement, parameters, context, executemany) -> None:
-        if statement.startswith("INSERT") and statement.count("(?") + statement.count("(%(") > 1:
+        # The batch insert: several VALUES rows on SQLite, a JSON batch on PostgreSQL.
+        if statement.startswith("INSERT") and (
+            statement.count("(?") > 1 or "json_to_recordset(" in statement
+        ):
             refused.append(statement)
             raise DataError(statement, parameters, Exception("value too long for one row"))
 
@@ -248,25 +250,6 @@ def test_an_outage_refuses_the_whole_batch_and_logs_once(engine: Engine, caplog)
 
 
 # --------------------------------------------------------------------------- through a real server
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        assert thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_concurrent_deliveries_share_commits_and_each_gets_its_own_answer(
@@ -346,3 +329,98 @@ def test_concurrent_deliveries_share_commits_and_each_gets_its_own_answer(
             assert get_event(conn, answer["event_id"]).body == body.decode()
     # Fewer commits than stored deliveries: they were committed in groups.
     assert len(commits) < 60
+
+
+# --------------------------------------------------------------------------- the writer's kept connection
+
+
+def test_the_writer_keeps_one_connection_across_batches(engine: Engine) -> None:
+    checkouts: list[object] = []
+    writer = threading.current_thread()
+
+    def count(*args: object) -> None:
+        # On SQLite a checkpointing thread uses a connection of its own now and then.
+        if threading.current_thread() is writer:
+            checkouts.append(args)
+
+    event.listen(engine.pool, "checkout", count)
+    store = _Store(lambda: engine, None, _LogThrottle())
+    try:
+        for first in range(0, 12, 3):
+            outcomes = store.save_batch([delivery(n) for n in range(first, first + 3)])
+            assert [outcome[0] for outcome in outcomes] == ["stored"] * 3
+    finally:
+        store.release()
+        event.remove(engine.pool, "checkout", count)
+    assert len(checkouts) == 1
+    assert row_count(engine) == 12
+
+
+@pytest.mark.parametrize("engine", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_a_connection_the_database_dropped_is_replaced_without_refusing_the_batch(engine: Engine) -> None:
+    """A PostgreSQL restart or idle timeout closes the kept connection: the batch is retried, not refused."""
+    from sqlalchemy import create_engine, text
+
+    store = _Store(lambda: engine, None, _LogThrottle())
+    try:
+        assert [o[0] for o in store.save_batch([delivery(n) for n in range(3)])] == ["stored"] * 3
+        with store._held.conn.begin():
+            held_pid = store._held.conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        admin = create_engine(engine.url)
+        with admin.begin() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": held_pid}).scalar_one()
+        admin.dispose()
+        outcomes = store.save_batch([delivery(n) for n in range(3, 6)])
+        assert [o[0] for o in outcomes] == ["stored"] * 3, outcomes
+        assert row_count(engine) == 6
+    finally:
+        store.release()
+
+
+async def test_the_idle_writer_releases_its_connection(monkeypatch, engine: Engine) -> None:
+    monkeypatch.setattr(batching, "IDLE_EXIT_SECONDS", 0.05)
+    store = _Store(lambda: engine, None, _LogThrottle())
+    released = threading.Event()
+
+    def release() -> None:
+        store.release()
+        released.set()
+
+    runner = BatchRunner(store.save_batch, name="idle-release-test", on_idle=release)
+    status, _ = await runner.submit(delivery(1))
+    assert status == "stored"
+    assert await asyncio.to_thread(released.wait, 5)
+    assert engine.pool.checkedout() == 0
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+def test_sqlite_checkpoints_happen_off_the_writer_thread(engine: Engine) -> None:
+    checkpoints: list[str] = []
+
+    def spy(conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.startswith("PRAGMA wal_checkpoint"):
+            checkpoints.append(threading.current_thread().name)
+
+    event.listen(engine, "before_cursor_execute", spy)
+    store = _Store(lambda: engine, None, _LogThrottle())
+    try:
+        store.save_batch([delivery(n) for n in range(3)])
+        writer = store._held.conn.connection.driver_connection
+        # The writer's own commits never copy the log into the database...
+        assert writer.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        deadline = time.monotonic() + 5
+        while not checkpoints and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # ...a thread of its own does, soon after.
+        assert checkpoints
+        assert set(checkpoints) == {"neoleads-wal-checkpoint"}
+    finally:
+        store.release()
+        event.remove(engine, "before_cursor_execute", spy)
+    # Released: the connection goes back to the pool with SQLite's default, and the thread ends.
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 1000
+    thread = store._checkpointers[engine]._thread
+    assert thread is not None
+    assert not thread.is_alive()
+    assert row_count(engine) == 3

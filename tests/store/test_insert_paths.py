@@ -1,0 +1,114 @@
+"""The receiver's batch insert writes its own SQL: its rows must read back exactly like SQLAlchemy's."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+import pytest
+from sqlalchemy import select
+
+from neoleads_provider.store.engine import get_engine
+from neoleads_provider.store.migrate import migrate
+from neoleads_provider.store.repository import (
+    _INSERT_COLUMNS,
+    NewEvent,
+    get_event,
+    insert_event_id,
+    insert_events,
+)
+from neoleads_provider.store.schema import webhook_events
+from neoleads_provider.webhooks.payload import EventFields
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+pytestmark = pytest.mark.usefixtures("fresh_engines")
+
+FULL = EventFields(
+    event="message_created",
+    account_id=2**62,
+    inbox_id=0,
+    conversation_id=-5,
+    message_id=123,
+    contact_id=7,
+    message_type="incoming",
+    private=False,
+    sender_type="contact",
+)
+EMPTY = EventFields(event="contact_created")
+PRIVATE = dataclasses.replace(FULL, private=True, message_type="outgoing", sender_type="user")
+BODIES = [
+    '{"event":"message_created","content":"plain"}',
+    '{"event":"message_created","content":"caf\u00e9 \\u00e9 \U0001f600 \\\\ \\" % %s ? \' ;"}',
+    '{"event":"message_created","content":"\\u0000 escaped, not raw"}',
+    "{" + '"x":"' + "y" * 300_000 + '"}',
+]
+TIMES = [
+    datetime(2026, 5, 1, 12, 0, tzinfo=UTC),
+    datetime(2026, 5, 1, 12, 0, 0, 1, tzinfo=UTC),
+    datetime(2026, 5, 1, 14, 30, 15, 999_999, tzinfo=timezone(timedelta(hours=2, minutes=30))),
+    datetime(2026, 5, 1, 9, 0, 7),  # naive: taken to be UTC
+]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request, tmp_path) -> Engine:
+    url = (
+        f"sqlite:///{tmp_path / 'events.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("pg_schema_url")
+    )
+    engine = get_engine(url)
+    migrate(engine)
+    return engine
+
+
+def cases() -> list[tuple[EventFields, str, datetime]]:
+    return [
+        (fields, body, received_at)
+        for fields, body, received_at in zip([FULL, EMPTY, PRIVATE, FULL], BODIES, TIMES, strict=True)
+    ]
+
+
+def test_the_insert_lists_every_column_but_the_id() -> None:
+    assert [name for name, _ in _INSERT_COLUMNS] == [c.name for c in webhook_events.columns if c.name != "id"]
+
+
+def test_batch_rows_read_back_like_rows_inserted_through_sqlalchemy(engine: Engine) -> None:
+    with engine.begin() as conn:
+        single = [
+            insert_event_id(
+                conn, delivery_id=f"one-{n}", conn_id="c", fields=fields, body=body, received_at=received_at
+            )
+            for n, (fields, body, received_at) in enumerate(cases())
+        ]
+        batch = insert_events(
+            conn,
+            [
+                NewEvent(f"many-{n}", "c", fields, body, received_at)
+                for n, (fields, body, received_at) in enumerate(cases())
+            ],
+        )
+    assert all(inserted for _, inserted in batch)
+    with engine.connect() as conn:
+        for n, (fields, body, received_at) in enumerate(cases()):
+            one = get_event(conn, delivery_id=f"one-{n}")
+            many = get_event(conn, delivery_id=f"many-{n}")
+            assert one is not None
+            assert many is not None
+            assert one.id == single[n]
+            assert many.id == batch[n][0]
+            assert dataclasses.replace(many, id=one.id, delivery_id=one.delivery_id) == one
+            assert many.body == body
+            assert many.received_at == received_at.replace(tzinfo=received_at.tzinfo or UTC)
+            assert many.received_at.tzinfo is not None
+        # The raw column values too, not only what the record type makes of them.
+        rows = conn.execute(select(webhook_events).order_by(webhook_events.c.delivery_id)).mappings().all()
+    by_id = {row["delivery_id"]: dict(row) for row in rows}
+    for n in range(len(cases())):
+        one, many = by_id[f"one-{n}"], by_id[f"many-{n}"]
+        assert {k: v for k, v in many.items() if k not in ("id", "delivery_id")} == {
+            k: v for k, v in one.items() if k not in ("id", "delivery_id")
+        }
