@@ -1,8 +1,10 @@
 """Benchmark 1: signed webhook deliveries stored per second by the receiver, against a bare endpoint.
 
-Both servers run side by side as separate uvicorn processes started the same way (``neoleads webhooks
+The servers run side by side as separate uvicorn processes started the same way (``neoleads webhooks
 serve`` for the receiver; ``_bare_server.py`` with the same uvicorn settings for the baseline, an endpoint
-that only reads the body). Rounds alternate between them, each sending ``--deliveries`` signed
+that only reads the body). The baseline writes no access log, so the receiver is measured like for like
+with ``--no-access-log``, and once more as started by default, with its access log. Rounds alternate
+between the servers, each sending ``--deliveries`` signed
 ``message_created`` deliveries (about 2.5 KB each, every one with a new delivery id) over ``--concurrency``
 keep-alive connections. Each delivery the receiver acknowledges is verified, parsed and committed to the
 event store before the answer; the benchmark checks afterwards that the store holds every one.
@@ -31,6 +33,7 @@ from _common import (
     log,
     median,
     message_payload,
+    postgres_cpu_seconds,
     raw_post,
     run_load,
     server_process,
@@ -99,50 +102,64 @@ def measure(db: str, db_url: str, args: argparse.Namespace, home: Path) -> dict[
             "extra": {"account_id": 1, "webhook_secrets": [SECRET]},
         }
     )
-    receiver_port, bare_port = free_port(), free_port()
-    receiver_args = [PYTHON, "-m", "neoleads_provider.cli", "webhooks", "serve", "--port", str(receiver_port)]
-    receiver_args += ["--db-url", db_url]
+    receiver_port, logging_port, bare_port = free_port(), free_port(), free_port()
+
+    def receiver_args(port: int, *extra: str) -> list[str]:
+        serve = [PYTHON, "-m", "neoleads_provider.cli", "webhooks", "serve", "--port", str(port)]
+        return [*serve, "--db-url", db_url, *extra]
+
     bare_args = [PYTHON, str(REPO / "benchmarks" / "_bare_server.py"), str(bare_port)]
     receiver_path = f"/neoleads/webhooks/{CONN_ID}"
     bare_path = f"/bare/webhooks/{CONN_ID}"
-    results: dict[str, list[dict[str, Any]]] = {"receiver": [], "bare": []}
+    targets = (
+        ("bare", bare_port, bare_path),
+        ("receiver", receiver_port, receiver_path),
+        ("receiver_access_log", logging_port, receiver_path),
+    )
+    results: dict[str, list[dict[str, Any]]] = {target: [] for target, _, _ in targets}
     next_id = 1
     with (
         server_process(
-            receiver_args,
+            receiver_args(receiver_port, "--no-access-log"),
             env,
             f"http://127.0.0.1:{receiver_port}/neoleads/_health",
             home / f"receiver-{db}.log",
         ) as receiver,
         server_process(
+            receiver_args(logging_port),
+            env,
+            f"http://127.0.0.1:{logging_port}/neoleads/_health",
+            home / f"receiver-access-log-{db}.log",
+        ) as logging_receiver,
+        server_process(
             bare_args, env, f"http://127.0.0.1:{bare_port}/bare/_health", home / "bare.log"
         ) as bare,
     ):
-        pids = {"receiver": receiver.pid, "bare": bare.pid}
+        pids = {"receiver": receiver.pid, "receiver_access_log": logging_receiver.pid, "bare": bare.pid}
         log(f"[{db}] warming up")
-        run_load("127.0.0.1", bare_port, deliveries(bare_port, bare_path, 500, 0), args.concurrency)
-        run_load(
-            "127.0.0.1",
-            receiver_port,
-            deliveries(receiver_port, receiver_path, 500, next_id),
-            args.concurrency,
-        )
-        sent_to_receiver = 500
-        next_id += 500
+        sent_to_receiver = 0
+        for target, port, path in targets:
+            run_load("127.0.0.1", port, deliveries(port, path, 500, next_id), args.concurrency)
+            if target != "bare":
+                sent_to_receiver += 500
+            next_id += 500
         for round_number in range(args.rounds):
-            for target, port, path in (
-                ("bare", bare_port, bare_path),
-                ("receiver", receiver_port, receiver_path),
-            ):
+            for target, port, path in targets:
                 requests = deliveries(port, path, args.deliveries, next_id)
                 next_id += args.deliveries
                 cpu_before = cpu_seconds(pids[target])
+                database_before = postgres_cpu_seconds() if db == "postgresql" else 0.0
                 result = run_load("127.0.0.1", port, requests, args.concurrency)
                 # CPU time per request does not depend on what else the machine is doing, unlike the rate.
                 result["server_cpu_ms_per_request"] = round(
                     (cpu_seconds(pids[target]) - cpu_before) * 1000 / args.deliveries, 3
                 )
-                if target == "receiver":
+                if db == "postgresql":
+                    # The database server shares the machine's two cores with the receiver and the load.
+                    result["postgres_cpu_ms_per_request"] = round(
+                        (postgres_cpu_seconds() - database_before) * 1000 / args.deliveries, 3
+                    )
+                if target != "bare":
                     sent_to_receiver += args.deliveries
                 results[target].append(result)
                 log(
@@ -152,10 +169,21 @@ def measure(db: str, db_url: str, args: argparse.Namespace, home: Path) -> dict[
                 )
     stored = stored_count(db_url)
     receiver_rate = median([r["per_second"] for r in results["receiver"]])
+    logging_rate = median([r["per_second"] for r in results["receiver_access_log"]])
     bare_rate = median([r["per_second"] for r in results["bare"]])
-    ok = all(r["statuses"] == {"200": args.deliveries} for r in results["receiver"])
+    ok = all(
+        r["statuses"] == {"200": args.deliveries}
+        for target in ("receiver", "receiver_access_log")
+        for r in results[target]
+    )
     receiver_cpu = median([r["server_cpu_ms_per_request"] for r in results["receiver"]])
+    logging_cpu = median([r["server_cpu_ms_per_request"] for r in results["receiver_access_log"]])
     bare_cpu = median([r["server_cpu_ms_per_request"] for r in results["bare"]])
+    database_cpu = (
+        median([r["postgres_cpu_ms_per_request"] for r in results["receiver"]])
+        if db == "postgresql"
+        else None
+    )
     return {
         "db": db,
         "receiver_per_second": receiver_rate,
@@ -166,6 +194,14 @@ def measure(db: str, db_url: str, args: argparse.Namespace, home: Path) -> dict[
         "receiver_cpu_ms_per_delivery": receiver_cpu,
         "bare_cpu_ms_per_request": bare_cpu,
         "cpu_ratio": round(bare_cpu / receiver_cpu, 3) if receiver_cpu else None,
+        "postgres_cpu_ms_per_delivery": database_cpu,
+        "with_access_log": {
+            "per_second": logging_rate,
+            "ratio": round(logging_rate / bare_rate, 3),
+            "cpu_ms_per_delivery": logging_cpu,
+            "p50_ms": median([r["p50_ms"] for r in results["receiver_access_log"]]),
+            "p99_ms": median([r["p99_ms"] for r in results["receiver_access_log"]]),
+        },
         "receiver_p50_ms": median([r["p50_ms"] for r in results["receiver"]]),
         "receiver_p99_ms": median([r["p99_ms"] for r in results["receiver"]]),
         "bare_p50_ms": median([r["p50_ms"] for r in results["bare"]]),

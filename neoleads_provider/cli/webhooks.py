@@ -80,7 +80,7 @@ def register(subparsers: Any) -> None:
         "--no-access-log",
         dest="access_log",
         action="store_false",
-        help="do not log a line per request: each line costs about a quarter of the receiver's throughput, "
+        help="do not log a line per request: the lines cost about 15 %% of the receiver's throughput, "
         "the store records every accepted delivery, and refusals are logged either way",
     )
     serve.set_defaults(func=with_logs_on_stderr(_serve))
