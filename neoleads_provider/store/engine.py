@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 
 # SQLite's default: a commit that takes the write-ahead log past this many pages copies it into the database.
 SQLITE_AUTOCHECKPOINT_PAGES = 1000
+# For the receiver's writer, whose log a background thread checkpoints: only a safety net (about 400 MB) in case
+# that thread cannot keep up or keeps failing.
+WRITER_AUTOCHECKPOINT_PAGES = 100_000
+# Passes of one background checkpoint at most, while each copies more of what is left.
+_CHECKPOINT_PASSES = 8
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -94,7 +100,8 @@ def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
 
 def _create(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
-        engine = create_engine(url, future=True)
+        # The receiver's batch insert has one statement text per batch size (up to 256); keep them all prepared.
+        engine = create_engine(url, future=True, connect_args={"cached_statements": 512})
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
     # PostgreSQL (and anything else with a server): test a pooled connection before handing it out.
@@ -165,8 +172,8 @@ class WalCheckpointer:
     By default SQLite checkpoints inside whichever commit takes the log past 1000 pages: every few thousand
     webhook deliveries, one commit of the receiver's writer stalled for the copy, holding up every delivery
     queued behind it (the receiver's p99 latency was those stalls, and they cost a sixth of its throughput).
-    The writer turns that off for its own connection with :meth:`writer_connected` and calls :meth:`committed`
-    after each commit; this thread then runs ``PRAGMA wal_checkpoint(PASSIVE)`` at most every ``interval``
+    The writer raises that threshold a hundredfold for its own connection with :meth:`writer_connected` (a safety
+    net, not the usual path) and calls :meth:`committed` after each commit; this thread then runs ``PRAGMA wal_checkpoint(PASSIVE)`` at most every ``interval``
     seconds, which neither waits for nor blocks the writer or readers. Other connections keep SQLite's
     default. Not used for other databases.
     """
@@ -179,11 +186,14 @@ class WalCheckpointer:
         self._dirty = False
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._last_warning = 0.0
 
     @staticmethod
     def writer_connected(dbapi_connection: Any) -> None:
-        """Stop ``dbapi_connection``'s commits from checkpointing (until :meth:`writer_released`)."""
-        dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+        """Leave checkpoints to this thread, bar a safety net (until :meth:`writer_released`)."""
+        dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}")
+        # When the log starts over after a burst, give the disk back down to 64 MB.
+        dbapi_connection.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
 
     @staticmethod
     def writer_released(dbapi_connection: Any) -> None:
@@ -210,15 +220,30 @@ class WalCheckpointer:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(30)
+        if self._dirty:
+            # Commits made after the thread's last look (another writer's, as it ended): copy them now.
+            self.checkpoint()
 
     def checkpoint(self) -> None:
-        """One passive checkpoint now; errors are logged, never raised (the next one retries)."""
+        """Passive checkpoints now, until the log is copied; errors are logged, never raised (the next look retries).
+
+        SQLite starts the log over only once a checkpoint has copied all of it; under steady writes one pass
+        never quite does (frames arrive while it copies), so it goes again while each pass leaves less.
+        """
         self._dirty = False
         try:
             with self._engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").close()
+                left = None
+                for _ in range(_CHECKPOINT_PASSES):
+                    _, frames, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+                    if copied >= frames or (left is not None and frames - copied >= left):
+                        break
+                    left = frames - copied
         except Exception as exc:
-            log.warning("Neoleads event store: background WAL checkpoint failed: %s", exc)
+            now = time.monotonic()
+            if now - self._last_warning >= 60:  # the next one retries; once a minute is enough to say so
+                self._last_warning = now
+                log.warning("Neoleads event store: background WAL checkpoint failed: %s", exc)
 
     def _run(self) -> None:
         while not self._stopping:

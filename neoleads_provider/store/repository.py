@@ -154,8 +154,8 @@ def _insert_rows(conn: Connection, events: Sequence[NewEvent]) -> dict[str, int]
     SQLite gets one multi-row ``VALUES`` statement per batch size. PostgreSQL gets the whole batch as one
     JSON parameter read by ``json_to_recordset``: psycopg re-parses a multi-row ``VALUES`` text on every
     batch and escapes array parameters in Python, either costing more than twice the CPU of encoding the
-    batch with msgspec. Values are converted as SQLAlchemy's column types would; test_repository reads
-    rows written both ways back and compares them. Errors, events and disconnect handling are
+    batch with msgspec. Values are converted as SQLAlchemy's column types would; tests/store/test_insert_paths.py
+    reads rows written both ways back and compares them. Errors, events and disconnect handling are
     SQLAlchemy's, as for any statement.
     """
     inserted: dict[str, int] = {}

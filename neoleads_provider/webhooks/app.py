@@ -325,7 +325,7 @@ async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> b
     declared = headers.get("content-length")
     if declared is not None:
         declared = declared.strip()
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise _Refusal(400, "Content-Length must be a whole number of bytes")
         if int(declared) > limit:
             raise _Refusal(413, f"the body is larger than {limit} bytes")
@@ -698,15 +698,19 @@ class _Store:
         conn: Connection | None = getattr(self._held, "conn", None)
         if conn is not None and conn.engine is engine and not conn.closed and not conn.invalidated:
             return conn
-        self.release()
+        self._drop_connection()
         conn = engine.connect()
-        if engine.dialect.name == "sqlite":
-            WalCheckpointer.writer_connected(conn.connection.driver_connection)
-        elif engine.dialect.name == "postgresql":
-            # A batch is one INSERT statement, which PostgreSQL commits atomically on its own; in a
-            # transaction block psycopg would spend two more round trips on it (BEGIN, then COMMIT), a
-            # third of the writer's time. The statement returns only once its commit is durable.
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            if engine.dialect.name == "sqlite":
+                WalCheckpointer.writer_connected(conn.connection.driver_connection)
+            elif engine.dialect.name == "postgresql":
+                # A batch is one INSERT statement, which PostgreSQL commits atomically on its own; in a
+                # transaction block psycopg would spend two more round trips on it (BEGIN, then COMMIT), a
+                # third of the writer's time. The statement returns only once its commit is durable.
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        except BaseException:
+            conn.close()
+            raise
         self._held.conn = conn
         return conn
 
@@ -718,17 +722,23 @@ class _Store:
             checkpointer = self._checkpointers[engine] = WalCheckpointer(engine)
         return checkpointer
 
-    def release(self) -> None:
-        """Close this thread's kept connection, if any, and stop checkpointing for it."""
+    def _drop_connection(self) -> Engine | None:
+        """Close this thread's kept connection, if any; return its engine."""
         conn: Connection | None = getattr(self._held, "conn", None)
         self._held.conn = None
         if conn is None:
-            return
-        checkpointer = self._checkpointers.get(conn.engine)
-        with contextlib.suppress(Exception):  # it may be the broken one being dropped
-            if checkpointer is not None:
+            return None
+        if conn.engine in self._checkpointers:
+            with contextlib.suppress(Exception):  # it may be the broken one being dropped
                 WalCheckpointer.writer_released(conn.connection.driver_connection)
+        with contextlib.suppress(Exception):
             conn.close()
+        return conn.engine
+
+    def release(self) -> None:
+        """The writer thread goes idle: close its kept connection and finish checkpointing for it."""
+        engine = self._drop_connection()
+        checkpointer = self._checkpointers.get(engine) if engine is not None else None
         if checkpointer is not None:
             checkpointer.stop()
 
@@ -747,19 +757,23 @@ class _Store:
                 try:
                     with conn.begin():
                         result = work(conn)
-                    checkpointer = self._checkpointer(engine)
-                    if checkpointer is not None:
-                        checkpointer.committed()
-                    return result
                 except DBAPIError as exc:
-                    self.release()
+                    self._drop_connection()
                     # The database dropped the kept connection (a restart, an idle timeout). The insert is
-                    # idempotent (ON CONFLICT DO NOTHING), so it runs once more on a new, pinged connection.
+                    # idempotent (ON CONFLICT DO NOTHING), so it runs once more on a new, pinged connection;
+                    # a delivery whose first insert did commit is then answered "duplicate".
                     if attempt == 2 or not exc.connection_invalidated:
                         raise
+                    continue
                 except BaseException:
-                    self.release()
+                    self._drop_connection()
                     raise
+            # Committed: nothing after this point may turn the answer into a refusal.
+            checkpointer = self._checkpointer(engine)
+            if checkpointer is not None:
+                with contextlib.suppress(Exception):
+                    checkpointer.committed()
+            return result
         raise AssertionError("unreachable")
 
     def save(
@@ -826,6 +840,15 @@ class _Store:
                 text, fields = parse_event_body(delivery.body)
             except PayloadError as exc:
                 outcomes[index] = _Refusal(400, str(exc))
+                continue
+            except Exception:
+                # A parser bug must cost this delivery alone, not the whole batch.
+                log.exception(
+                    "Neoleads webhook %r: delivery %s could not be parsed",
+                    delivery.conn_id,
+                    delivery.delivery_id,
+                )
+                outcomes[index] = _Refusal(400, "the body could not be read as a webhook event", logged=True)
                 continue
             new = NewEvent(delivery.delivery_id, delivery.conn_id, fields, text, delivery.received_at)
             parsed.append((index, new))

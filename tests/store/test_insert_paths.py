@@ -106,6 +106,14 @@ def test_batch_rows_read_back_like_rows_inserted_through_sqlalchemy(engine: Engi
             assert many.received_at.tzinfo is not None
         # The raw column values too, not only what the record type makes of them.
         rows = conn.execute(select(webhook_events).order_by(webhook_events.c.delivery_id)).mappings().all()
+        # What SQL filters compare: the stored text itself on SQLite, before any type conversion.
+        stored_times = dict(
+            conn.exec_driver_sql(
+                f"SELECT delivery_id, CAST(received_at AS TEXT) FROM {webhook_events.name}"
+            ).all()
+        )
+    for n in range(len(cases())):
+        assert stored_times[f"many-{n}"] == stored_times[f"one-{n}"]
     by_id = {row["delivery_id"]: dict(row) for row in rows}
     for n in range(len(cases())):
         one, many = by_id[f"one-{n}"], by_id[f"many-{n}"]
