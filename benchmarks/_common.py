@@ -22,6 +22,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -162,6 +163,32 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process (all its threads) has used so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def pg_schema_url(base: str) -> tuple[str, str]:
+    """Create an empty schema in the PostgreSQL database at ``base``; return a URL using it, and its name."""
+    schema = f"nl_bench_{uuid.uuid4().hex[:10]}"
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    admin.dispose()
+    separator = "&" if "?" in base else "?"
+    return f"{base}{separator}options={quote(f'-csearch_path={schema}')}", schema
+
+
+def drop_pg_schema(base: str, schema: str) -> None:
+    """Drop a schema made by :func:`pg_schema_url`, with everything in it."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
 
 
 # --------------------------------------------------------------------------- payloads

@@ -19,20 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import uuid
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from _common import (
     PYTHON,
     REPO,
     base_env,
     cpu_seconds,
+    drop_pg_schema,
     emit,
     free_port,
     log,
     median,
     message_payload,
+    pg_schema_url,
     postgres_cpu_seconds,
     raw_post,
     run_load,
@@ -56,27 +56,6 @@ def deliveries(port: int, path: str, count: int, start_id: int) -> list[bytes]:
         body, headers = signed_delivery(SECRET, payload)
         requests.append(raw_post("127.0.0.1", port, path, body, headers))
     return requests
-
-
-def pg_schema_url(base: str) -> tuple[str, str]:
-    schema = f"nl_bench_{uuid.uuid4().hex[:10]}"
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    admin.dispose()
-    separator = "&" if "?" in base else "?"
-    return f"{base}{separator}options={quote(f'-csearch_path={schema}')}", schema
-
-
-def drop_pg_schema(base: str, schema: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
 
 
 def stored_count(db_url: str) -> int:

@@ -31,12 +31,14 @@ from typing import TYPE_CHECKING, Any
 from _common import (
     PYTHON,
     base_env,
+    drop_pg_schema,
     emit,
     free_port,
     log,
     median,
     message_payload,
     percentile,
+    pg_schema_url,
     raw_post,
     server_process,
     signed_delivery,
@@ -240,8 +242,6 @@ def main() -> None:
     with workdir("neoleads-bench-latency-") as home:
         # Before anything imports Airflow, which reads AIRFLOW_HOME once.
         os.environ.update({k: v for k, v in base_env(home).items() if k.startswith("AIRFLOW")})
-        from receiver_throughput import drop_pg_schema, pg_schema_url
-
         from neoleads_provider.store.engine import get_engine
         from neoleads_provider.store.migrate import migrate
 

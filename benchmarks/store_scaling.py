@@ -25,7 +25,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from _common import emit, log, median, workdir
+from _common import drop_pg_schema, emit, log, median, pg_schema_url, workdir
 
 EVENTS_PER_CONVERSATION = 20
 INBOXES = 10
@@ -152,8 +152,6 @@ def main() -> None:
     results = []
     with workdir("neoleads-bench-store-") as home:
         os.environ["AIRFLOW_HOME"] = str(home)
-        from receiver_throughput import drop_pg_schema, pg_schema_url
-
         from neoleads_provider.store.engine import dispose_engines
 
         if args.db in ("sqlite", "both"):

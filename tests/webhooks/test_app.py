@@ -918,25 +918,8 @@ def test_no_access_log_writes_no_request_lines_but_still_logs_refusals(
 
 
 @pytest.fixture
-def pg_engine(pg_url: str) -> Iterator[Engine]:
-    from urllib.parse import quote
-
-    from sqlalchemy import create_engine, text
-
-    # A schema of its own: other test runs may use the same database at the same time.
-    schema = f"nl_app_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in pg_url else "?"
-    engine = get_engine(f"{pg_url}{separator}options={quote(f'-csearch_path={schema}')}")
-    try:
-        yield engine
-    finally:
-        dispose_engines()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+def pg_engine(pg_schema_url: str) -> Engine:
+    return get_engine(pg_schema_url)
 
 
 @pytest.mark.postgres

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import DataError, OperationalError
 
-from neoleads_provider.store.engine import dispose_engines, get_engine
+from neoleads_provider.store.engine import get_engine
 from neoleads_provider.store.migrate import migrate
 from neoleads_provider.store.repository import NewEvent, get_event, insert_events
 from neoleads_provider.store.schema import webhook_events
@@ -26,8 +26,6 @@ from neoleads_provider.webhooks.verify import signed_headers
 from tests._helpers import serving
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from sqlalchemy import Engine
 
 CONN_ID = "neoleads_batch"
@@ -36,33 +34,15 @@ T0 = 1_780_000_000.0
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request, tmp_path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'events.db'}"
-        yield_engine = get_engine(url)
-        migrate(yield_engine)
-        yield yield_engine
-        dispose_engines()
-        return
-    from urllib.parse import quote
-
-    from sqlalchemy import create_engine, text
-
-    base = request.getfixturevalue("pg_url")
-    schema = f"nl_batch_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in base else "?"
-    pg = get_engine(f"{base}{separator}options={quote(f'-csearch_path={schema}')}")
-    migrate(pg)
-    try:
-        yield pg
-    finally:
-        dispose_engines()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+def engine(request, tmp_path, fresh_engines) -> Engine:
+    url = (
+        f"sqlite:///{tmp_path / 'events.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("pg_schema_url")
+    )
+    engine = get_engine(url)
+    migrate(engine)
+    return engine
 
 
 def row_count(engine: Engine) -> int:
