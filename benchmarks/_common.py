@@ -194,6 +194,10 @@ def drop_pg_schema(base: str, schema: str) -> None:
 # --------------------------------------------------------------------------- payloads
 
 
+# The time every sample payload's stamps show (2026-05-01T12:00:00Z), so the bodies are the same on every run.
+PAYLOAD_NOW = 1777636800.0
+
+
 def message_payload(
     *,
     conversation_id: int,
@@ -202,74 +206,16 @@ def message_payload(
     contact_id: int = 1,
 ) -> dict[str, Any]:
     """A ``message_created`` delivery shaped like Neoleads' (Chatwoot's ``Message#webhook_data``)."""
-    account = {"id": 1, "name": "Neoleads"}
-    contact = {
-        "account": account,
-        "additional_attributes": {},
-        "avatar": "",
-        "custom_attributes": {"plan": "gold"},
-        "email": f"contact{contact_id}@example.com",
-        "id": contact_id,
-        "identifier": None,
-        "name": f"Contact {contact_id}",
-        "phone_number": None,
-        "thumbnail": "",
-        "blocked": False,
-    }
-    conversation = {
-        "additional_attributes": {},
-        "can_reply": True,
-        "channel": "Channel::Api",
-        "contact_inbox": {
-            "id": contact_id,
-            "contact_id": contact_id,
-            "inbox_id": 1,
-            "source_id": str(uuid.uuid5(uuid.NAMESPACE_OID, str(contact_id))),
-            "created_at": "2026-05-01T12:00:00.000Z",
-            "updated_at": "2026-05-01T12:00:00.000Z",
-            "hmac_verified": False,
-            "pubsub_token": "x" * 24,
-        },
-        "id": conversation_id,
-        "inbox_id": 1,
-        "messages": [],
-        "labels": [],
-        "meta": {
-            "sender": {**contact, "type": "contact"},
-            "assignee": None,
-            "team": None,
-            "hmac_verified": False,
-        },
-        "status": "open",
-        "custom_attributes": {},
-        "snoozed_until": None,
-        "unread_count": 1,
-        "first_reply_created_at": None,
-        "priority": None,
-        "waiting_since": 1777636800,
-        "agent_last_seen_at": 0,
-        "contact_last_seen_at": 0,
-        "last_activity_at": 1777636800,
-        "timestamp": 1777636800,
-        "created_at": 1777636800,
-        "updated_at": 1777636800.5,
-    }
-    return {
-        "account": account,
-        "additional_attributes": {},
-        "content_attributes": {},
-        "content_type": "text",
-        "content": content,
-        "conversation": conversation,
-        "created_at": "2026-05-01T12:00:00Z",
-        "id": message_id,
-        "inbox": {"id": 1, "name": "API inbox"},
-        "message_type": "incoming",
-        "private": False,
-        "sender": contact,
-        "source_id": None,
-        "event": "message_created",
-    }
+    from neoleads_provider.events.build import sample_event
+
+    return sample_event(
+        "message_created",
+        conversation_id=conversation_id,
+        message_id=message_id,
+        content=content,
+        contact_id=contact_id,
+        now=PAYLOAD_NOW,
+    )
 
 
 def signed_delivery(

@@ -88,9 +88,11 @@ async def post(port: int, body: bytes, headers: dict[str, str]) -> int:
 
 
 def event_filter(conversation_id: int) -> Any:
-    from neoleads_provider.store.matching import EventFilter
+    from neoleads_provider.events.filter import EventFilter
 
-    return EventFilter(events=("message_created",), account_id=1, conversation_id=conversation_id)
+    return EventFilter(
+        conn_id=CONN_ID, events=("message_created",), account_id=1, conversation_id=conversation_id
+    )
 
 
 async def stagger(conversation_id: int, poll_interval: float) -> None:
@@ -123,7 +125,7 @@ async def wait_by_polling(
     db_url: str, conversation_id: int, fired: dict[int, float], poll_interval: float
 ) -> None:
     """The baseline: the trigger's loop before the store watcher (look, sleep poll_interval, repeat)."""
-    from neoleads_provider.triggers.webhook import look_in_store
+    from neoleads_provider.waiting import look_in_store
 
     flt = event_filter(conversation_id)
     await stagger(conversation_id, poll_interval)

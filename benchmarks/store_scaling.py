@@ -1,6 +1,6 @@
 """Benchmark 3: the sensor's match query (store/matching.py find_first_match) at 10k, 100k and 1M events.
 
-The store is filled with ``message_created`` events (about 400-byte bodies) spread over conversations of
+The store is filled with ``message_created`` events (full sample bodies, about 1.8 kB) spread over conversations of
 20 events each (half incoming, half outgoing) in 10 inboxes, bulk-inserted in large transactions, and grown
 10k -> 100k -> 1M. At each size two waits are timed, each as the median of ``--repeats`` runs on one open
 connection:
@@ -31,40 +31,40 @@ EVENTS_PER_CONVERSATION = 20
 INBOXES = 10
 GOAL_FACTOR = 2.0
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+# Every body's stamps show T0, so the bodies are the same on every run.
+PAYLOAD_NOW = T0.timestamp()
 
 
 def rows(start: int, stop: int) -> list[dict[str, Any]]:
-    """Events ``start``..``stop-1``: conversation = number // 20, alternating incoming and outgoing."""
+    """Events ``start``..``stop-1``: conversation = number // 20, alternating incoming and outgoing.
+
+    The indexed columns and the event key are read from the body as the receiver reads them.
+    """
+    from neoleads_provider.events.build import sample_event
+    from neoleads_provider.events.fields import COLUMN_NAMES, event_identity, read_event
+
     batch = []
     for number in range(start, stop):
         conversation = number // EVENTS_PER_CONVERSATION + 1
-        incoming = number % 2 == 0
-        body = json.dumps(
-            {
-                "event": "message_created",
-                "id": number + 1,
-                "content": f"message {number} " + "x" * 200,
-                "message_type": "incoming" if incoming else "outgoing",
-                "private": False,
-                "account": {"id": 1},
-                "inbox": {"id": conversation % INBOXES + 1},
-                "conversation": {"id": conversation, "inbox_id": conversation % INBOXES + 1},
-                "sender": {"id": conversation} if incoming else {"id": 3, "type": "user"},
-            }
+        payload = sample_event(
+            "message_created",
+            account_id=1,
+            inbox_id=conversation % INBOXES + 1,
+            conversation_id=conversation,
+            contact_id=conversation,
+            message_id=number + 1,
+            content=f"message {number} " + "x" * 200,
+            message_type="incoming" if number % 2 == 0 else "outgoing",
+            now=PAYLOAD_NOW,
         )
+        body = json.dumps(payload)
+        fields = read_event(payload)
         batch.append(
             {
                 "delivery_id": f"bench-{number}",
                 "conn_id": "neoleads_default",
-                "event": "message_created",
-                "account_id": 1,
-                "inbox_id": conversation % INBOXES + 1,
-                "conversation_id": conversation,
-                "message_id": number + 1,
-                "contact_id": conversation,
-                "message_type": "incoming" if incoming else "outgoing",
-                "private": False,
-                "sender_type": "contact" if incoming else "user",
+                "event_key": event_identity(fields, body.encode("utf-8")),
+                **{name: getattr(fields, name) for name in COLUMN_NAMES},
                 "received_at": T0 + timedelta(seconds=number),
                 "body": body,
             }
@@ -102,8 +102,8 @@ def time_query(engine: Any, flt: Any, repeats: int) -> tuple[float, Any]:
 
 
 def measure(db: str, url: str, sizes: list[int], repeats: int) -> dict[str, Any]:
+    from neoleads_provider.events.filter import EventFilter
     from neoleads_provider.store.engine import get_engine
-    from neoleads_provider.store.matching import EventFilter
     from neoleads_provider.store.migrate import migrate
 
     engine = get_engine(url)

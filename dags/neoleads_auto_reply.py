@@ -1,14 +1,16 @@
 """Answer every incoming customer message, event-driven: no schedule, no sensor, no polling DAG runs.
 
 The provider's webhook receiver stores each ``message_created`` delivery; the asset's watcher
-(``NeoleadsEventTrigger``, running in the triggerer) turns every new incoming, non-private message into an
-asset event, and each asset event queues a run of this DAG. The run reads the messages from
-``triggering_asset_events`` (several can arrive in one run) and answers each in its conversation.
+(``NeoleadsEventTrigger``, running in the triggerer) turns every new incoming, non-private message received
+for ``CONN_ID`` into an asset event, and each asset event queues a run of this DAG. The run reads the
+messages from ``triggering_asset_events`` (Airflow 3.1-3.3 batch the events queued meanwhile into one run;
+3.4 starts one run per event by default) and answers each in its conversation.
 
 The answers are outgoing messages: their own ``message_created`` echo never matches the watcher's filter,
 so the DAG never answers itself. Each answer carries a ``source_id`` derived from the message it answers,
 and a message that already has its answer is skipped, so an event delivered twice (a triggerer killed just
-after firing it) is answered once.
+after firing it: a few seconds' window on Airflow 3.1/3.2, a few milliseconds on 3.3+) is answered once.
+One run at a time (``max_active_runs=1``) keeps that check race-free when both copies start runs.
 
 The answer is chosen from fixed texts and never quotes the customer: operator arguments are Jinja
 templates, and text a customer wrote must never be rendered as one (``{{ conn... }}`` would leak secrets).
@@ -45,7 +47,9 @@ incoming_messages = Asset(
         AssetWatcher(
             name="neoleads_incoming_messages",
             # Incoming (from the contact), non-private message_created events only: the defaults.
-            trigger=NeoleadsEventTrigger(events=["message_created"], inbox_id=INBOX_ID, poll_interval=1.0),
+            trigger=NeoleadsEventTrigger(
+                neoleads_conn_id=CONN_ID, events=["message_created"], inbox_id=INBOX_ID, poll_interval=1.0
+            ),
         )
     ],
 )
@@ -65,6 +69,8 @@ with DAG(
     schedule=incoming_messages,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
+    # A message delivered twice must not be answered by two overlapping runs (see the module docstring).
+    max_active_runs=1,
     tags=["neoleads", "example", "event-driven"],
     doc_md=__doc__,
 ) as dag:

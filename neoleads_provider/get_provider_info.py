@@ -105,7 +105,7 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "webhook_allow_unsigned": {
                         "label": "Allow unsigned webhooks",
-                        "description": "For servers older than 4.12, which do not sign. Requires the URL token.",
+                        "description": "For servers older than 4.11.2, which do not sign. Requires the URL token.",
                         "schema": {"type": ["boolean", "null"]},
                     },
                     "webhook_url_token": {

@@ -23,9 +23,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from neoleads_provider.cli.main import main
+from neoleads_provider.events import event_identity, read_event
+from neoleads_provider.events.build import message_webhook_data
+from neoleads_provider.events.fields import COLUMN_NAMES
 from neoleads_provider.store.engine import get_engine
-from neoleads_provider.store.repository import insert_event_id
-from neoleads_provider.webhooks.payload import extract_event_fields
+from neoleads_provider.store.repository import NewEvent, insert_event
+from neoleads_provider.store.schema import webhook_events
 from neoleads_provider.webhooks.verify import signed_headers
 
 if TYPE_CHECKING:
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import pytest
-    from sqlalchemy import Engine
+    from sqlalchemy import Connection, Engine
 
     from neoleads_provider.testing import NeoleadsSandbox
 
@@ -47,10 +50,16 @@ UNREACHABLE_HOST = "http://127.0.0.1:1"
 def connection_env(
     conn_id: str, *, host: str = UNREACHABLE_HOST, password: str | None = None, **extra: Any
 ) -> dict[str, str]:
-    """``{"AIRFLOW_CONN_<ID>": <JSON>}`` defining a ``neoleads`` connection; ``extra`` is its whole extra."""
+    """``{"AIRFLOW_CONN_<ID>": <JSON>}`` defining a ``neoleads`` connection; ``extra`` is its whole extra.
+
+    The connection is for account 1 unless ``account_id`` says otherwise (``account_id=None``: no account).
+    """
     value: dict[str, Any] = {"conn_type": "neoleads", "host": host}
     if password is not None:
         value["password"] = password
+    extra.setdefault("account_id", 1)
+    if extra["account_id"] is None:
+        del extra["account_id"]
     if extra:
         value["extra"] = extra
     return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(value)}
@@ -132,22 +141,38 @@ def message_payload(
     """
     if sender is None:
         sender = CONTACT if message_type == "incoming" else AGENT
-    return {
-        "event": event_name,
-        "id": message_id,
-        "content": content,
-        "content_type": "text",
-        "content_attributes": {},
-        "additional_attributes": {},
-        "message_type": message_type,
-        "private": private,
-        "source_id": None,
-        "created_at": "2026-06-01T10:00:00.000Z",
-        "sender": sender,
-        "account": {"id": account_id, "name": "Acme"},
-        "inbox": {"id": inbox_id, "name": "API"},
-        "conversation": {"id": conversation_id, "inbox_id": inbox_id, "status": "open"},
-    }
+    payload = message_webhook_data(
+        account={"id": account_id, "name": "Acme"},
+        id=message_id,
+        content=content,
+        message_type=message_type,
+        private=private,
+        created_at="2026-06-01T10:00:00.000Z",
+        inbox={"id": inbox_id, "name": "API"},
+        conversation={"id": conversation_id, "inbox_id": inbox_id, "status": "open"},
+        sender=sender,
+    )
+    return {"event": event_name, **payload}
+
+
+def new_event(
+    payload: dict[str, Any],
+    *,
+    conn_id: str = DEFAULT_CONN_ID,
+    delivery_id: str | None = None,
+    received_at: datetime | None = None,
+) -> NewEvent:
+    """The row the receiver would store for ``payload``, received (by default now) as a new delivery."""
+    body = json.dumps(payload)
+    fields = read_event(payload)
+    return NewEvent(
+        conn_id=conn_id,
+        delivery_id=delivery_id or str(uuid.uuid4()),
+        event_key=event_identity(fields, body.encode()),
+        fields=fields,
+        body=body,
+        received_at=received_at or datetime.now(UTC),
+    )
 
 
 def store_payloads(
@@ -163,17 +188,33 @@ def store_payloads(
     ids = []
     with engine.begin() as conn:
         for payload in payloads:
-            row_id = insert_event_id(
-                conn,
-                delivery_id=str(uuid.uuid4()),
-                conn_id=conn_id,
-                fields=extract_event_fields(payload),
-                body=json.dumps(payload),
-                received_at=datetime.now(UTC),
-            )
-            assert row_id is not None
+            row_id, inserted = insert_event(conn, new_event(payload, conn_id=conn_id))
+            assert inserted, f"a copy of this event is stored already: {payload}"
             ids.append(row_id)
     return ids
+
+
+def insert_with_id(
+    conn: Connection,
+    event_id: int,
+    payload: dict[str, Any],
+    *,
+    received_at: datetime,
+    conn_id: str = DEFAULT_CONN_ID,
+) -> None:
+    """Insert a row with a chosen id (a receiver that took that id and commits now), in ``conn``'s transaction."""
+    new = new_event(payload, conn_id=conn_id, received_at=received_at)
+    conn.execute(
+        webhook_events.insert().values(
+            id=event_id,
+            conn_id=new.conn_id,
+            delivery_id=new.delivery_id,
+            event_key=new.event_key,
+            **{name: getattr(new.fields, name) for name in COLUMN_NAMES},
+            received_at=received_at,
+            body=new.body,
+        )
+    )
 
 
 def later(seconds: float, action: Callable[[], Any]) -> threading.Timer:

@@ -122,7 +122,7 @@ def test_mounted_the_way_the_api_server_mounts_it(monkeypatch, tmp_path) -> None
             assert response.json()["status"] == "stored"
             # The plugin migrated the store on this first delivery.
             with get_engine().connect() as conn:
-                assert get_event(conn, delivery_id="mounted-1") is not None
+                assert get_event(conn, conn_id="nl_mounted", delivery_id="mounted-1") is not None
             assert client.get("/neoleads/openapi.json").status_code == 200
     finally:
         dispose_engines()
@@ -188,7 +188,7 @@ def test_real_api_server_serves_the_receiver(api_server: tuple[str, Path]) -> No
     events_db = get_engine(f"sqlite:///{home / 'events.db'}")
     try:
         with events_db.connect() as conn:
-            stored = get_event(conn, delivery_id="api-server-1")
+            stored = get_event(conn, conn_id="nl_metadata", delivery_id="api-server-1")
         assert stored is not None
         assert stored.conn_id == "nl_metadata"
     finally:

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from neoleads_provider.cli.events import db_error_text, http_url, with_logs_on_stderr
+from neoleads_provider.cli.events import http_url, with_logs_on_stderr
 from neoleads_provider.cli.inboxes import parse_inbox_id
 
 if TYPE_CHECKING:
@@ -543,36 +543,36 @@ def _check_receiver(ctx: _Context) -> None:
 
 
 def _check_store(ctx: _Context) -> None:
-    from sqlalchemy.exc import SQLAlchemyError
-
     from neoleads_provider.store.engine import get_engine, get_events_db_url, safe_url
-    from neoleads_provider.store.migrate import EventStoreSchemaError, check_schema
+    from neoleads_provider.store.errors import EventStoreError, EventStoreSchemaError, translate_errors
+    from neoleads_provider.store.migrate import check_schema
     from neoleads_provider.store.repository import last_received_at
 
     where = safe_url(ctx.db_url or get_events_db_url())
     migrate_fix = "neoleads events migrate" + (f" --db-url {where}" if ctx.db_url else "")
     try:
-        engine = get_engine(ctx.db_url)
-        version = check_schema(engine)
+        with translate_errors():
+            engine = get_engine(ctx.db_url)
+            version = check_schema(engine)
     except EventStoreSchemaError as exc:
         ctx.add("event store", FAIL, str(exc).split(": run", 1)[0], migrate_fix)
         ctx.skip("last delivery", because="needs the event store")
         return
-    except SQLAlchemyError as exc:
+    except EventStoreError as exc:
         ctx.add(
             "event store",
             FAIL,
-            f"cannot use the event store at {where}: {db_error_text(exc)}",
+            f"cannot use the event store at {where}: {exc}",
             "check [neoleads] events_db_url: the API server, the triggerer and the workers must share one store",
         )
         ctx.skip("last delivery", because="needs the event store")
         return
     ctx.add("event store", PASS, f"{where} is at schema version {version}")
     try:
-        with engine.connect() as conn:
+        with translate_errors(), engine.connect() as conn:
             last = last_received_at(conn, ctx.conn_id)
-    except SQLAlchemyError as exc:
-        ctx.add("last delivery", WARN, f"cannot read it: {type(exc).__name__}")
+    except EventStoreError as exc:
+        ctx.add("last delivery", WARN, f"cannot read it: {str(exc).split(':', 1)[0]}")
         return
     if last is None:
         ctx.add(

@@ -5,7 +5,7 @@ Commands: ``migrate``, ``purge --older-than 7d [--dry-run]``, ``list`` and ``sho
 an unknown event; argparse exits 2 on bad arguments.
 
 Also what every command module shares (:func:`with_logs_on_stderr`, the argument types :func:`positive_int`
-and :func:`http_url`, :func:`db_error_text`): building the parser, which ``airflow`` does on every start,
+and :func:`http_url`): building the parser, which ``airflow`` does on every start,
 may load only the command modules, so these cannot move to a module of their own.
 """
 
@@ -25,12 +25,11 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sqlalchemy import Engine
+    from sqlalchemy import Engine  # noqa: TID251 - a type only
 
     from neoleads_provider.store.records import StoredEvent
 
 __all__ = [
-    "db_error_text",
     "http_url",
     "logs_to_stderr",
     "parse_duration",
@@ -132,12 +131,6 @@ def http_url(text: str) -> str:
     return text.strip()
 
 
-def db_error_text(exc: BaseException) -> str:
-    """``Type: first line`` of a database error: SQLAlchemy's full text would list the statement's parameters."""
-    reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {reason}"
-
-
 def _limit(text: str) -> int:
     from neoleads_provider.store.repository import MAX_LIST_LIMIT
 
@@ -180,8 +173,16 @@ def register(subparsers: Any) -> None:
     purge.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     purge.set_defaults(func=with_logs_on_stderr(_purge))
 
-    list_ = commands.add_parser("list", parents=[db_url], help="list stored events, newest first")
-    list_.add_argument("--conn-id", help="only events received for this connection")
+    scope = argparse.ArgumentParser(add_help=False)
+    scope.add_argument(
+        "--conn-id",
+        default="neoleads_default",
+        help="events received for this connection (default neoleads_default)",
+    )
+    scope.add_argument(
+        "--all-connections", action="store_true", help="events of every connection (ignores --conn-id)"
+    )
+    list_ = commands.add_parser("list", parents=[db_url, scope], help="list stored events, newest first")
     list_.add_argument("--event", help="only this event, e.g. message_created")
     list_.add_argument("--conversation-id", type=positive_int, help="only this conversation (display id)")
     list_.add_argument(
@@ -191,7 +192,7 @@ def register(subparsers: Any) -> None:
     list_.add_argument("--json", action="store_true", help="print JSON, one object per event, in a list")
     list_.set_defaults(func=with_logs_on_stderr(_list))
 
-    show = commands.add_parser("show", parents=[db_url], help="show one event with its full payload")
+    show = commands.add_parser("show", parents=[db_url, scope], help="show one event with its full payload")
     show.add_argument("event", metavar="ID_OR_DELIVERY_ID", help="the event id, or its delivery id")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=with_logs_on_stderr(_show))
@@ -215,20 +216,20 @@ def _store_error(args: argparse.Namespace, exc: Exception) -> int:
     from neoleads_provider.store.engine import get_events_db_url, safe_url
 
     where = safe_url(args.db_url or get_events_db_url())
-    return _error(f"cannot use the event store at {where}: {db_error_text(exc)}")
+    return _error(f"cannot use the event store at {where}: {exc}")
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
     from neoleads_provider.store.engine import safe_url
+    from neoleads_provider.store.errors import EventStoreError, translate_errors
     from neoleads_provider.store.migrate import current_version, migrate
 
     try:
-        engine = _engine(args)
-        before = current_version(engine)
-        after = migrate(engine)
-    except SQLAlchemyError as exc:
+        with translate_errors():
+            engine = _engine(args)
+            before = current_version(engine)
+            after = migrate(engine)
+    except EventStoreError as exc:
         return _store_error(args, exc)
     where = safe_url(engine.url)
     if before == after:
@@ -239,17 +240,17 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _run_checked(args: argparse.Namespace, action: Any) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from neoleads_provider.store.migrate import EventStoreSchemaError, check_schema
+    from neoleads_provider.store.errors import EventStoreError, EventStoreSchemaError, translate_errors
+    from neoleads_provider.store.migrate import check_schema
 
     try:
-        engine = _engine(args)
-        check_schema(engine)
-        return int(action(engine))
+        with translate_errors():
+            engine = _engine(args)
+            check_schema(engine)
+            return int(action(engine))
     except EventStoreSchemaError as exc:
         return _error(str(exc))
-    except SQLAlchemyError as exc:
+    except EventStoreError as exc:
         return _store_error(args, exc)
 
 
@@ -307,7 +308,7 @@ def _list(args: argparse.Namespace) -> int:
         with engine.connect() as conn:
             events = list_events(
                 conn,
-                conn_id=args.conn_id,
+                conn_id=None if args.all_connections else args.conn_id,
                 event=args.event,
                 conversation_id=args.conversation_id,
                 since=args.since,
@@ -347,13 +348,19 @@ def _show(args: argparse.Namespace) -> int:
 
     def action(engine: Engine) -> int:
         with engine.connect() as conn:
+            conn_id = None if args.all_connections else args.conn_id
             found = None
             if args.event.isdigit() and len(args.event) < 19:
-                found = get_event(conn, int(args.event))
-            if found is None:
-                found = get_event(conn, delivery_id=args.event)
+                found = get_event(conn, int(args.event), conn_id=conn_id)
+            if found is None and conn_id is not None:
+                found = get_event(conn, conn_id=conn_id, delivery_id=args.event)
         if found is None:
-            return _error(f"no stored event has id or delivery id {args.event!r}")
+            if conn_id is None:
+                return _error(
+                    f"no stored event has id {args.event!r} (a delivery id is unique per connection only: "
+                    "look it up with --conn-id)"
+                )
+            return _error(f"no stored event of connection {conn_id!r} has id or delivery id {args.event!r}")
         try:
             payload: Any = found.payload
         except ValueError:

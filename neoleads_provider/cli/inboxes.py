@@ -24,7 +24,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from neoleads_provider.cli.events import db_error_text, http_url, positive_int, with_logs_on_stderr
+from neoleads_provider.cli.events import http_url, positive_int, with_logs_on_stderr
 
 if TYPE_CHECKING:
     from neoleads_provider.hooks.neoleads import NeoleadsHook
@@ -382,7 +382,9 @@ def _report(
             apply_error = str(exc)
         except Exception as exc:
             # Reported after the secret is printed: the inbox exists now, and its secret must not be lost.
-            apply_error = db_error_text(exc)
+            from neoleads_provider.store.errors import error_text
+
+            apply_error = error_text(exc)
 
     if args.json:
         print(

@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--unsigned",
         action="store_true",
-        help="send webhooks without signature headers, like servers before 4.12",
+        help="send webhooks without signature headers, like servers before 4.11.2",
     )
     parser.add_argument(
         "--allow-remote-webhooks",

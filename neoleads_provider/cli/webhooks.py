@@ -13,14 +13,13 @@ import json
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from neoleads_provider.cli.events import db_error_text, http_url, positive_int, with_logs_on_stderr
-from neoleads_provider.webhook_events import WEBHOOK_EVENTS
+from neoleads_provider.cli.events import http_url, positive_int, with_logs_on_stderr
+from neoleads_provider.events.names import WEBHOOK_EVENTS
 
-__all__ = ["DEFAULT_EVENTS", "WEBHOOK_EVENTS", "register", "sample_payload"]
+__all__ = ["DEFAULT_EVENTS", "WEBHOOK_EVENTS", "register"]
 
 # What the sensors and triggers wait for: replies and conversation state. Typing and contact events are
 # chatty and rarely worth a row each.
@@ -138,14 +137,16 @@ def register(subparsers: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
+    from neoleads_provider.store.errors import EventStoreError, translate_errors
     from neoleads_provider.webhooks.server import serve
 
     try:
-        serve(args.host, args.port, db_url=args.db_url, log_level=args.log_level, access_log=args.access_log)
-    except SQLAlchemyError as exc:
-        print(f"error: cannot open or migrate the event store: {db_error_text(exc)}", file=sys.stderr)
+        with translate_errors():
+            serve(
+                args.host, args.port, db_url=args.db_url, log_level=args.log_level, access_log=args.access_log
+            )
+    except EventStoreError as exc:
+        print(f"error: cannot open or migrate the event store: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -206,7 +207,7 @@ def _register(args: argparse.Namespace) -> int:
     print(f"  events: {', '.join(webhook.get('subscriptions') or [])}")
     if not secret:
         print(
-            "  This Neoleads server returned no signing secret (it predates v4.12 and sends unsigned webhooks)."
+            "  This Neoleads server returned no signing secret (it predates v4.11.2 and sends unsigned webhooks)."
         )
         print("  Set the connection's extra to accept unsigned deliveries with a URL token instead:")
         print('    "webhook_allow_unsigned": true, "webhook_url_token": "<a long random string>"')
@@ -232,161 +233,6 @@ def _register(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- send-test
 
 
-def _iso_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _sample_conversation(
-    *, account_id: int, inbox_id: int, conversation_id: int, contact_id: int
-) -> dict[str, Any]:
-    now = int(time.time())
-    account = {"id": account_id, "name": "Neoleads"}
-    return {
-        "additional_attributes": {},
-        "can_reply": True,
-        "channel": "Channel::Api",
-        "contact_inbox": {
-            "id": contact_id,
-            "contact_id": contact_id,
-            "inbox_id": inbox_id,
-            "source_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"neoleads-send-test/{contact_id}")),
-            "created_at": _iso_now(),
-            "updated_at": _iso_now(),
-            "hmac_verified": False,
-            "pubsub_token": "send-test-pubsub-token",
-        },
-        "id": conversation_id,
-        "inbox_id": inbox_id,
-        "messages": [],
-        "labels": [],
-        "meta": {
-            "sender": {
-                "additional_attributes": {},
-                "custom_attributes": {},
-                "email": "test.contact@example.com",
-                "id": contact_id,
-                "identifier": None,
-                "name": "Test Contact",
-                "phone_number": None,
-                "thumbnail": "",
-                "blocked": False,
-                "type": "contact",
-            },
-            "assignee": None,
-            "assignee_type": None,
-            "team": None,
-            "hmac_verified": False,
-        },
-        "status": "open",
-        "custom_attributes": {},
-        "snoozed_until": None,
-        "unread_count": 1,
-        "first_reply_created_at": None,
-        "priority": None,
-        "waiting_since": now,
-        "agent_last_seen_at": 0,
-        "contact_last_seen_at": 0,
-        "last_activity_at": now,
-        "timestamp": now,
-        "created_at": now,
-        "updated_at": float(now),
-        "account": account,
-    }
-
-
-def _sample_contact(*, account_id: int, contact_id: int) -> dict[str, Any]:
-    return {
-        "account": {"id": account_id, "name": "Neoleads"},
-        "additional_attributes": {},
-        "avatar": "",
-        "custom_attributes": {},
-        "email": "test.contact@example.com",
-        "id": contact_id,
-        "identifier": None,
-        "name": "Test Contact",
-        "phone_number": None,
-        "thumbnail": "",
-        "blocked": False,
-    }
-
-
-def sample_payload(
-    event: str,
-    *,
-    account_id: int = 1,
-    inbox_id: int = 1,
-    conversation_id: int = 1,
-    content: str = "Test message",
-    message_type: str = "incoming",
-    contact_id: int = 1,
-    message_id: int | None = None,
-) -> dict[str, Any]:
-    """Build a delivery body shaped like the Neoleads server's for ``event`` (see neoleads-api-facts §4)."""
-    account = {"id": account_id, "name": "Neoleads"}
-    inbox = {"id": inbox_id, "name": "API inbox"}
-    conversation = _sample_conversation(
-        account_id=account_id, inbox_id=inbox_id, conversation_id=conversation_id, contact_id=contact_id
-    )
-    contact = _sample_contact(account_id=account_id, contact_id=contact_id)
-    agent = {"id": 1, "name": "Test Agent", "email": "agent@example.com", "type": "user"}
-    if event.startswith("message_"):
-        return {
-            "account": account,
-            "additional_attributes": {},
-            "content_attributes": {},
-            "content_type": "text",
-            "content": content,
-            "conversation": conversation,
-            "created_at": _iso_now(),
-            "id": message_id if message_id is not None else int(time.time() * 1000) % 2_000_000_000,
-            "inbox": inbox,
-            "message_type": message_type,
-            "private": False,
-            "sender": contact if message_type == "incoming" else agent,
-            "source_id": None,
-            "event": event,
-        }
-    if event.startswith("conversation_typing_"):
-        return {"event": event, "user": agent, "conversation": conversation, "is_private": False}
-    if event.startswith("conversation_"):
-        payload = {**conversation, "event": event}
-        if event != "conversation_created":
-            payload["changed_attributes"] = [
-                {"status": {"previous_value": "pending", "current_value": "open"}}
-            ]
-        return payload
-    if event.startswith("contact_"):
-        payload = {**contact, "event": event}
-        if event == "contact_updated":
-            payload["changed_attributes"] = [
-                {"name": {"previous_value": "Test", "current_value": "Test Contact"}}
-            ]
-        return payload
-    if event == "webwidget_triggered":
-        return {
-            "id": contact_id,
-            "contact": contact,
-            "inbox": inbox,
-            "account": account,
-            "current_conversation": conversation,
-            "source_id": conversation["contact_inbox"]["source_id"],
-            "event_info": {"initiated_at": {"timestamp": _iso_now()}, "referer": "https://example.com/"},
-            "event": event,
-        }
-    # inbox_created / inbox_updated: the inbox's push data.
-    return {
-        "id": inbox_id,
-        "name": inbox["name"],
-        "account_id": account_id,
-        "channel_type": "Channel::Api",
-        "greeting_enabled": False,
-        "created_at": _iso_now(),
-        "updated_at": _iso_now(),
-        "channel": {"id": inbox_id, "account_id": account_id, "webhook_url": ""},
-        "event": event,
-    }
-
-
 def _with_token(url: str, token: str) -> str:
     parts = urlsplit(url)
     query = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if key != "token"]
@@ -398,6 +244,7 @@ def _send_test(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
+    from neoleads_provider.events.build import sample_event
     from neoleads_provider.webhooks.verify import signed_headers
 
     if args.unsigned and not args.token:
@@ -407,7 +254,7 @@ def _send_test(args: argparse.Namespace) -> int:
         print("error: give --secret (or --unsigned --token T for an unsigned delivery)", file=sys.stderr)
         return 2
     prefix = args.header_prefix if args.header_prefix.endswith("-") else args.header_prefix + "-"
-    payload = sample_payload(
+    payload = sample_event(
         args.event,
         account_id=args.account_id,
         inbox_id=args.inbox_id,

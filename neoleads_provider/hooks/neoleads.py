@@ -19,6 +19,7 @@ from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from neoleads_provider import __version__
 from neoleads_provider.connection import DEFAULT_CONN_ID, NeoleadsConnectionSettings
+from neoleads_provider.events.names import WEBHOOK_EVENTS
 from neoleads_provider.exceptions import (
     NeoleadsApiError,
     NeoleadsAuthError,
@@ -31,7 +32,6 @@ from neoleads_provider.exceptions import (
     NeoleadsTransportError,
     NeoleadsValidationError,
 )
-from neoleads_provider.webhook_events import WEBHOOK_EVENTS
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence

@@ -34,14 +34,14 @@ from neoleads_provider.exceptions import (
 from neoleads_provider.hooks.neoleads import NeoleadsHook
 from neoleads_provider.operators.base import NeoleadsBaseOperator, as_id
 from neoleads_provider.ratelimit import DEFAULT_REQUESTS_PER_MINUTE, TokenBucket
+from neoleads_provider.store.errors import EventStoreError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from airflow.sdk import Context
-    from sqlalchemy import Engine
 
-    from neoleads_provider.store.sends import SendKey, SendRecord
+    from neoleads_provider.store.sends import SendKey, SendLedger, SendRecord
 
 __all__ = ["NeoleadsBulkMessageOperator", "NeoleadsBulkSendError", "bulk_source_id", "read_rows_csv"]
 
@@ -337,9 +337,7 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from neoleads_provider.operators.messages import _as_bool
-        from neoleads_provider.store.engine import get_engine
-        from neoleads_provider.store.migrate import migrate
-        from neoleads_provider.store.sends import SendKey, load_records
+        from neoleads_provider.store.sends import SendKey, SendLedger
 
         inbox_id = as_id("inbox_id", self.inbox_id)
         if self.message_type not in ("outgoing", "incoming"):
@@ -364,11 +362,9 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
             task_id=ti.task_id,
             map_index=-1 if map_index is None else int(map_index),
         )
-        engine = get_engine(self.events_db_url)
+        ledger = SendLedger(self.events_db_url, key)
         # Creates the send-record table on a store that predates it; a no-op once migrated.
-        migrate(engine)
-        with engine.connect() as conn:
-            records = load_records(conn, key)
+        records = ledger.load()
 
         hook = self.hook
         # Resolved once here: the worker threads then share the settings and the session, read-only.
@@ -378,8 +374,7 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
         run = _BulkRun(
             operator=self,
             hook=hook,
-            engine=engine,
-            key=key,
+            ledger=ledger,
             records=records,
             inbox_id=inbox_id,
             private=private,
@@ -445,8 +440,7 @@ class _BulkRun:
         *,
         operator: NeoleadsBulkMessageOperator,
         hook: NeoleadsHook,
-        engine: Engine,
-        key: SendKey,
+        ledger: SendLedger,
         records: dict[str, SendRecord],
         inbox_id: int,
         private: bool,
@@ -454,8 +448,8 @@ class _BulkRun:
     ) -> None:
         self.operator = operator
         self.hook = hook
-        self.engine = engine
-        self.key = key
+        self.ledger = ledger
+        self.key = ledger.key
         self.records = records
         self.inbox_id = inbox_id
         self.private = private
@@ -571,17 +565,12 @@ class _BulkRun:
             return self._failed(row, _reason(exc), outage=True)
         except NeoleadsError as exc:
             return self._failed(row, _reason(exc))
-        except Exception as exc:
-            from sqlalchemy.exc import SQLAlchemyError
-
-            if isinstance(exc, SQLAlchemyError):
-                # Without the record the at-most-once promise cannot be kept: stop, and let a rerun resume.
-                raise _Abort() from exc
-            raise
+        except EventStoreError as exc:
+            # Without the record the at-most-once promise cannot be kept: stop, and let a rerun resume.
+            raise _Abort() from exc
 
     def _send(self, row: _Row, record: SendRecord | None) -> dict[str, Any]:
-        from neoleads_provider.store.sends import mark_pending, mark_sent
-
+        ledger = self.ledger
         hook = self.hook
         row_key = row.row_key or ""
         source_id = bulk_source_id(self.key, row_key)
@@ -597,22 +586,23 @@ class _BulkRun:
                 conversation_id, contact_id = int(record.conversation_id), record.contact_id
             if earlier is not None:
                 assert conversation_id is not None
-                message_id = int(earlier["id"])
-                self._write(mark_sent, row_key, source_id, contact_id, conversation_id, message_id=message_id)
-                return self._outcome(
+                return self._record_sent(
                     row,
-                    "skipped",
+                    source_id,
+                    contact_id,
+                    conversation_id,
+                    int(earlier["id"]),
+                    status="skipped",
                     reason="sent by an earlier try",
-                    contact_id=contact_id,
-                    conversation_id=conversation_id,
-                    message_id=message_id,
                 )
         if conversation_id is None:
             found = hook.get_or_create_contact(inbox_id=self.inbox_id, **row.contact)
             contact_id = int(found["contact"]["id"])
             conversation_id = self._conversation_for(contact_id, found)
 
-        self._write(mark_pending, row_key, source_id, contact_id, conversation_id)
+        ledger.mark_pending(
+            row_key, source_id=source_id, contact_id=contact_id, conversation_id=conversation_id
+        )
         message = hook.send_message(
             conversation_id,
             row.content,
@@ -620,34 +610,37 @@ class _BulkRun:
             private=self.private,
             source_id=source_id,
         )
-        message_id = int(message["id"])
-        self._write(mark_sent, row_key, source_id, contact_id, conversation_id, message_id=message_id)
-        return self._outcome(
-            row, "sent", contact_id=contact_id, conversation_id=conversation_id, message_id=message_id
+        return self._record_sent(
+            row, source_id, contact_id, conversation_id, int(message["id"]), status="sent"
         )
 
-    def _write(
+    def _record_sent(
         self,
-        action: Any,
-        row_key: str,
+        row: _Row,
         source_id: str,
         contact_id: int | None,
         conversation_id: int,
-        **values: Any,
-    ) -> None:
-        from neoleads_provider.store.engine import write_lock
-
-        # write_lock queues this process's writers on SQLite instead of letting them collide on its file lock.
-        with write_lock(self.engine), self.engine.begin() as conn:
-            action(
-                conn,
-                self.key,
-                row_key,
-                source_id=source_id,
-                contact_id=contact_id,
-                conversation_id=conversation_id,
-                **values,
-            )
+        message_id: int,
+        *,
+        status: str,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Record the row's message as in the conversation, then report the row's outcome."""
+        self.ledger.mark_sent(
+            row.row_key or "",
+            source_id=source_id,
+            contact_id=contact_id,
+            conversation_id=conversation_id,
+            message_id=message_id,
+        )
+        return self._outcome(
+            row,
+            status,
+            reason=reason,
+            contact_id=contact_id,
+            conversation_id=conversation_id,
+            message_id=message_id,
+        )
 
     def _conversation_for(self, contact_id: int, found: Mapping[str, Any]) -> int:
         hook = self.hook

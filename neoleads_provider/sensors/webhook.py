@@ -18,20 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-try:
-    from airflow.sdk import conf
-except ImportError:  # Airflow 3.1: the Task SDK does not export the configuration yet.
-    from airflow.configuration import conf
-
 from neoleads_provider.connection import DEFAULT_CONN_ID
 from neoleads_provider.exceptions import NeoleadsConfigError, NeoleadsError
+from neoleads_provider.version_compat import conf
 from neoleads_provider.whole_numbers import parse_whole_number
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from neoleads_provider.events.filter import EventFilter
     from neoleads_provider.hooks.neoleads import NeoleadsHook
-    from neoleads_provider.store.matching import EventFilter
 
 __all__ = ["NeoleadsWebhookSensor"]
 
@@ -170,19 +166,12 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
     @staticmethod
     def _mask_db_password(url: str) -> None:
         # Rendered template fields are shown in the UI; register the password so it is redacted there.
-        try:
-            from airflow.sdk.log import mask_secret
-        except ImportError:  # pragma: no cover - older Task SDKs
-            return
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
+        from neoleads_provider.store.engine import url_password
+        from neoleads_provider.version_compat import mask_secret
 
-        try:
-            password = make_url(url).password
-        except ArgumentError:
-            return
+        password = url_password(url)
         if password:
-            mask_secret(str(password))
+            mask_secret(password)
 
     def _check_static_arguments(self) -> None:
         """Report bad arguments when the DAG is parsed, for those that are not templated."""
@@ -204,10 +193,11 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
         return enabled
 
     def _build_filter(self, *, account_id: int | None) -> EventFilter:
-        from neoleads_provider.store.matching import EventFilter
+        from neoleads_provider.events.filter import EventFilter
 
         try:
             return EventFilter(
+                conn_id=self.neoleads_conn_id,
                 events=_as_names("events", self.events),
                 account_id=account_id,
                 inbox_id=_as_int("inbox_id", self.inbox_id, required=False, minimum=1),
@@ -262,22 +252,18 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> PokeReturnValue:
         """Look once in the store (and the API with ``poll_api``); a store outage is just "not yet"."""
-        from sqlalchemy.exc import SQLAlchemyError
-
         from neoleads_provider.store.engine import safe_url
-        from neoleads_provider.triggers.webhook import (
-            is_transient_api_error,
-            is_transient_store_error,
-            look_in_api,
-            look_in_store,
-        )
+        from neoleads_provider.store.errors import EventStoreError, EventStoreSchemaError
+        from neoleads_provider.waiting import is_transient_api_error, look_in_api, look_in_store
 
         flt = self.event_filter
         poll_api = self._poll_api_enabled()
         try:
             found = look_in_store(self.events_db_url, flt)
-        except SQLAlchemyError as exc:
-            if not is_transient_store_error(exc):
+        except EventStoreSchemaError:
+            raise
+        except EventStoreError as exc:
+            if not exc.transient:
                 raise
             where = safe_url(self.events_db_url) if self.events_db_url else "[neoleads] events_db_url"
             self.log.warning("The Neoleads event store (%s) is unavailable; will look again: %s", where, exc)
@@ -330,10 +316,7 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> Any:
         """Resume after the trigger fired: return the matched event, or fail (or skip) as the trigger says."""
-        try:
-            from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
-        except ImportError:  # Airflow 3.1 has them in airflow.exceptions only.
-            from airflow.exceptions import AirflowSensorTimeout, AirflowSkipException
+        from neoleads_provider.version_compat import AirflowSensorTimeout, AirflowSkipException
 
         status = event.get("status") if isinstance(event, Mapping) else None
         if status == "success":

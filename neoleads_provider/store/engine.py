@@ -75,6 +75,15 @@ def safe_url(url: str | URL) -> str:
         return "<unparseable database URL>"
 
 
+def url_password(url: str) -> str | None:
+    """The password in a database URL (to register it for masking), or None when it has none or is unparseable."""
+    try:
+        password = make_url(url).password
+    except Exception:
+        return None
+    return str(password) if password else None
+
+
 def _normalise(url: str) -> URL:
     parsed = make_url(url)
     # ``postgresql://`` means psycopg2 to SQLAlchemy; fall back to psycopg 3 when only that one is installed.

@@ -14,16 +14,17 @@ import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, insert, inspect, select, text
+from sqlalchemy import UniqueConstraint, func, insert, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
-from neoleads_provider.exceptions import NeoleadsError
 from neoleads_provider.store.engine import safe_url
+from neoleads_provider.store.errors import EventStoreSchemaError
 from neoleads_provider.store.schema import (
     SCHEMA_VERSION,
     metadata,
     schema_versions,
     send_records,
+    watch_cursors,
     webhook_events,
 )
 
@@ -32,17 +33,13 @@ if TYPE_CHECKING:
 
     from sqlalchemy import Connection, Engine
 
-__all__ = ["STEPS", "EventStoreSchemaError", "check_schema", "current_version", "migrate"]
+__all__ = ["STEPS", "check_schema", "current_version", "migrate"]
 
 log = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same in every process migrating this database.
 _PG_ADVISORY_LOCK_KEY = 0x4E454F4C  # "NEOL"
 _process_lock = threading.Lock()
-
-
-class EventStoreSchemaError(NeoleadsError):
-    """The event store's tables are missing or older than this provider needs."""
 
 
 def _step_1_create_event_table(conn: Connection) -> None:
@@ -53,11 +50,65 @@ def _step_2_create_send_record_table(conn: Connection) -> None:
     metadata.create_all(conn, tables=[send_records], checkfirst=True)
 
 
+# The names schema version 2 gave what version 3 replaces (store/schema.py's naming convention).
+_V2_DELIVERY_UNIQUE = "uq_neoleads_webhook_event_delivery_id"
+_V2_INDEXES = (
+    "ix_neoleads_webhook_event_account_id_conversation_id_event_id",
+    "ix_neoleads_webhook_event_account_id_inbox_id_event_id",
+)
+_V3_COPIED_COLUMNS = tuple(column.name for column in webhook_events.columns if column.name != "event_key")
+
+
+def _step_3_scope_events_to_connections(conn: Connection) -> None:
+    """Add ``event_key`` (one stored event per logical event), scope uniqueness and indexes to ``conn_id``,
+    and add the asset watchers' cursor table.
+
+    Rows stored before this version get ``legacy:<delivery id>`` as their key: unique, so no existing row is
+    merged or lost, but a copy of an old event arriving now is not recognised as one.
+    """
+    metadata.create_all(conn, tables=[watch_cursors], checkfirst=True)
+    columns = {column["name"] for column in inspect(conn).get_columns(webhook_events.name)}
+    if "event_key" in columns:
+        return  # created by step 1 at this version already
+    table = webhook_events.name
+    if conn.dialect.name == "sqlite":
+        # SQLite cannot drop a table's UNIQUE constraint: rebuild the table under the new definition. Index
+        # names are global and would follow the renamed table, so every index of the old one goes first.
+        for index in inspect(conn).get_indexes(table):
+            conn.exec_driver_sql(f'DROP INDEX IF EXISTS "{index["name"]}"')
+        conn.exec_driver_sql(f'ALTER TABLE "{table}" RENAME TO "{table}_v2"')
+        webhook_events.create(conn)
+        names = ", ".join(_V3_COPIED_COLUMNS)
+        conn.exec_driver_sql(
+            f'INSERT INTO "{table}" ({names}, event_key) '  # noqa: S608 - constant names only
+            f"SELECT {names}, 'legacy:' || delivery_id FROM \"{table}_v2\" ORDER BY id"
+        )
+        conn.exec_driver_sql(f'DROP TABLE "{table}_v2"')
+        return
+    conn.exec_driver_sql(f'ALTER TABLE "{table}" ADD COLUMN event_key VARCHAR(128)')
+    conn.exec_driver_sql(f"UPDATE \"{table}\" SET event_key = 'legacy:' || delivery_id")  # noqa: S608
+    conn.exec_driver_sql(f'ALTER TABLE "{table}" ALTER COLUMN event_key SET NOT NULL')
+    conn.exec_driver_sql(f'ALTER TABLE "{table}" DROP CONSTRAINT IF EXISTS "{_V2_DELIVERY_UNIQUE}"')
+    for index_name in _V2_INDEXES:
+        conn.exec_driver_sql(f'DROP INDEX IF EXISTS "{index_name}"')
+    for constraint in webhook_events.constraints:
+        if isinstance(constraint, UniqueConstraint):
+            # Plain DDL: AddConstraint would mark the shared Table's constraint as created separately, and
+            # every store created later in this process would then lack it.
+            columns = ", ".join(f'"{column.name}"' for column in constraint.columns)
+            conn.exec_driver_sql(
+                f'ALTER TABLE "{table}" ADD CONSTRAINT "{constraint.name}" UNIQUE ({columns})'
+            )
+    for index in webhook_events.indexes:
+        index.create(conn, checkfirst=True)
+
+
 # version -> the step that brings the schema from version-1 to version. Steps must be idempotent
 # (checkfirst / IF NOT EXISTS), so a step interrupted before its version row was written can run again.
 STEPS: dict[int, Callable[[Connection], None]] = {
     1: _step_1_create_event_table,
     2: _step_2_create_send_record_table,
+    3: _step_3_scope_events_to_connections,
 }
 assert max(STEPS) == SCHEMA_VERSION, "every SCHEMA_VERSION needs a migration step"
 

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from neoleads_provider.events.text import neutralise_text
+
 if TYPE_CHECKING:
     from datetime import datetime
 
@@ -14,11 +16,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class StoredEvent:
-    """One stored webhook delivery."""
+    """One stored webhook delivery (the first copy of its logical event)."""
 
     id: int
-    delivery_id: str
     conn_id: str
+    delivery_id: str
+    event_key: str
     event: str
     account_id: int | None
     inbox_id: int | None
@@ -41,9 +44,14 @@ class StoredEvent:
         return json.loads(self.body)
 
     def to_xcom(self) -> dict[str, Any]:
-        """A JSON-safe summary plus the full payload, as sensors and triggers hand it to the DAG."""
+        """A JSON-safe summary plus the full payload, as sensors and triggers hand it to the DAG.
+
+        Text the metadata database cannot hold (NUL, lone surrogates) is replaced by U+FFFD: the receiver
+        refuses such bodies, but a row stored before it did must not fail every sensor that matches it.
+        """
         return {
             "event_id": self.id,
+            "conn_id": self.conn_id,
             "delivery_id": self.delivery_id,
             "event": self.event,
             "account_id": self.account_id,
@@ -55,5 +63,5 @@ class StoredEvent:
             "private": self.private,
             "sender_type": self.sender_type,
             "received_at": self.received_at.isoformat(),
-            "payload": self.payload,
+            "payload": neutralise_text(self.payload),
         }

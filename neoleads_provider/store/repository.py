@@ -3,7 +3,7 @@
 Callers own the transaction::
 
     with get_engine().begin() as conn:
-        stored = insert_event(conn, delivery_id=..., conn_id=..., fields=..., body=..., received_at=...)
+        event_id, inserted = insert_event(conn, NewEvent(conn_id=..., delivery_id=..., event_key=..., ...))
 
 Datetimes go in and come out timezone-aware in UTC; a naive datetime passed in is taken to be UTC.
 """
@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from neoleads_provider.store.records import StoredEvent
@@ -27,14 +27,13 @@ if TYPE_CHECKING:
 
     from sqlalchemy import Connection, Row
 
-    from neoleads_provider.webhooks.payload import EventFields
+    from neoleads_provider.events.fields import EventFields
 
 __all__ = [
     "NewEvent",
     "count_older_than",
     "get_event",
     "insert_event",
-    "insert_event_id",
     "insert_events",
     "last_received_at",
     "list_events",
@@ -52,11 +51,6 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _columns(fields: EventFields) -> dict[str, Any]:
-    # A shallow copy: dataclasses.asdict deep-copies every value, which costs more than the insert itself.
-    return {item.name: getattr(fields, item.name) for item in dataclasses.fields(fields)}
-
-
 def _event_from_row(row: Row[Any]) -> StoredEvent:
     event = StoredEvent.from_row(row)
     # SQLite keeps no zone; everything is written in UTC, so say so on the way out.
@@ -65,25 +59,33 @@ def _event_from_row(row: Row[Any]) -> StoredEvent:
     return event
 
 
-@functools.cache
-def _upsert_statement(dialect: str, returning: bool) -> Any:
-    """``INSERT ... ON CONFLICT (delivery_id) DO NOTHING [RETURNING id]``, built once per dialect."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    # ON CONFLICT DO NOTHING: a duplicate is not an error, so a PostgreSQL transaction is not aborted by it.
-    statement = dialect_insert(webhook_events).on_conflict_do_nothing(
-        index_elements=[webhook_events.c.delivery_id]
-    )
-    return statement.returning(webhook_events.c.id) if returning else statement
+@dataclasses.dataclass(frozen=True)
+class NewEvent:
+    """One delivery to insert with :func:`insert_events`.
+
+    :param conn_id: the Airflow connection the delivery was received for.
+    :param delivery_id: the sender's delivery id (unique per connection).
+    :param event_key: the logical event's identity (:func:`neoleads_provider.events.event_identity`),
+        unique per connection: a second copy of the same event is not stored again.
+    :param fields: what the payload is about (:func:`neoleads_provider.events.read_event`).
+    :param body: the raw JSON body, as text.
+    :param received_at: when the receiver got it.
+    """
+
+    conn_id: str
+    delivery_id: str
+    event_key: str
+    fields: EventFields
+    body: str
+    received_at: datetime
 
 
-# Every column but the generated id, in the order _insert_rows passes the values, with the PostgreSQL type
-# each value is read as (text is assigned to the varchar columns, with their length checks).
+# Every column but the generated id, in the order _row passes the values, with the PostgreSQL type each
+# value is read as (text is assigned to the varchar columns, with their length checks).
 _INSERT_COLUMNS = (
-    ("delivery_id", "text"),
     ("conn_id", "text"),
+    ("delivery_id", "text"),
+    ("event_key", "text"),
     ("event", "text"),
     ("account_id", "bigint"),
     ("inbox_id", "bigint"),
@@ -97,8 +99,9 @@ _INSERT_COLUMNS = (
     ("body", "text"),
 )
 _INSERT_NAMES = ", ".join(name for name, _ in _INSERT_COLUMNS)
-_ON_CONFLICT = "ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id, id"
-# SQLite allows 32766 parameters per statement: 256 rows of 13 columns fit well inside.
+# No conflict target: a repeated delivery id and a repeated event key are both "already stored".
+_ON_CONFLICT = "ON CONFLICT DO NOTHING RETURNING conn_id, delivery_id, id"
+# SQLite allows 32766 parameters per statement: 256 rows of 14 columns fit well inside.
 _SQLITE_CHUNK = 256
 # Only constant names, types and placeholders go into these texts; every value is a parameter.
 _POSTGRES_INSERT = (
@@ -129,8 +132,9 @@ def _sqlite_datetime(value: datetime) -> str:
 def _row(new: NewEvent, received_at: Any) -> tuple[Any, ...]:
     fields = new.fields
     return (
-        new.delivery_id,
         new.conn_id,
+        new.delivery_id,
+        new.event_key,
         fields.event,
         fields.account_id,
         fields.inbox_id,
@@ -145,8 +149,8 @@ def _row(new: NewEvent, received_at: Any) -> tuple[Any, ...]:
     )
 
 
-def _insert_rows(conn: Connection, events: Sequence[NewEvent]) -> dict[str, int]:
-    """Insert as driver-level SQL; return ``{delivery_id: id}`` of the rows actually inserted.
+def _insert_rows(conn: Connection, events: Sequence[NewEvent]) -> dict[tuple[str, str], int]:
+    """Insert as driver-level SQL; return ``{(conn_id, delivery_id): id}`` of the rows actually inserted.
 
     The receiver's writer spends its time here. As a compiled statement, SQLAlchemy's bind processing and
     insertmanyvalues machinery cost about as much CPU again as SQLite took to store the rows, all of it
@@ -158,161 +162,124 @@ def _insert_rows(conn: Connection, events: Sequence[NewEvent]) -> dict[str, int]
     reads rows written both ways back and compares them. Errors, events and disconnect handling are
     SQLAlchemy's, as for any statement.
     """
-    inserted: dict[str, int] = {}
+    inserted: dict[tuple[str, str], int] = {}
     if conn.dialect.name == "sqlite":
         for start in range(0, len(events), _SQLITE_CHUNK):
             chunk = events[start : start + _SQLITE_CHUNK]
             params = tuple(value for new in chunk for value in _row(new, _sqlite_datetime(new.received_at)))
             result = conn.exec_driver_sql(_sqlite_insert(len(chunk)), params)
-            inserted.update((delivery_id, event_id) for delivery_id, event_id in result)
+            inserted.update(((conn_id, delivery_id), event_id) for conn_id, delivery_id, event_id in result)
         return inserted
     names = [name for name, _ in _INSERT_COLUMNS]
     batch = _encode_json([dict(zip(names, _row(new, _utc(new.received_at)), strict=True)) for new in events])
     result = conn.exec_driver_sql(_POSTGRES_INSERT, (batch.decode("utf-8"),))
-    inserted.update((delivery_id, event_id) for delivery_id, event_id in result)
+    inserted.update(((conn_id, delivery_id), event_id) for conn_id, delivery_id, event_id in result)
     return inserted
 
 
-def insert_event(
-    conn: Connection,
-    *,
-    delivery_id: str,
-    conn_id: str,
-    fields: EventFields,
-    body: str,
-    received_at: datetime,
-) -> bool:
-    """Insert one delivery; return False, leaving the transaction usable, if ``delivery_id`` is already stored.
-
-    :param delivery_id: the sender's delivery id (unique across the table).
-    :param conn_id: the Airflow connection the delivery was received for.
-    :param fields: the indexed columns extracted from the payload.
-    :param body: the raw JSON body, as text.
-    :param received_at: when the receiver got it.
-    """
-    return (
-        insert_event_id(
-            conn, delivery_id=delivery_id, conn_id=conn_id, fields=fields, body=body, received_at=received_at
+def _insert_one_by_one(conn: Connection, events: Sequence[NewEvent]) -> dict[tuple[str, str], int]:
+    """Other databases: a savepoint per row confines a unique-key violation to that row."""
+    inserted: dict[tuple[str, str], int] = {}
+    for new in events:
+        values = dict(
+            zip((name for name, _ in _INSERT_COLUMNS), _row(new, _utc(new.received_at)), strict=True)
         )
-        is not None
-    )
-
-
-def insert_event_id(
-    conn: Connection,
-    *,
-    delivery_id: str,
-    conn_id: str,
-    fields: EventFields,
-    body: str,
-    received_at: datetime,
-) -> int | None:
-    """Like :func:`insert_event`, but return the new row's id, or None for a duplicate ``delivery_id``."""
-    values = {
-        "delivery_id": delivery_id,
-        "conn_id": conn_id,
-        **_columns(fields),
-        "received_at": _utc(received_at),
-        "body": body,
-    }
-    dialect = conn.dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        returning = bool(conn.dialect.insert_returning)
-        statement = _upsert_statement(dialect, returning)
-        # The values go in as parameters, not into the statement: it is compiled once per process instead
-        # of once per delivery (building and caching a statement around a 2 KB body costs more than the insert).
-        if returning:
-            # With RETURNING the driver reports no rowcount; the returned row is the answer.
-            return conn.execute(statement, values).scalar()
-        result = conn.execute(statement, values)
-        return result.lastrowid if result.rowcount == 1 else None
-    # Other databases: a savepoint confines the unique-key violation to this one statement.
-    try:
-        with conn.begin_nested():
-            result = conn.execute(insert(webhook_events).values(values))
-    except IntegrityError:
-        existing = get_event(conn, delivery_id=delivery_id)
-        if existing is None:
-            raise
-        return None
-    return int(result.inserted_primary_key[0])
-
-
-@dataclasses.dataclass(frozen=True)
-class NewEvent:
-    """One delivery to insert with :func:`insert_events`."""
-
-    delivery_id: str
-    conn_id: str
-    fields: EventFields
-    body: str
-    received_at: datetime
+        try:
+            with conn.begin_nested():
+                result = conn.execute(insert(webhook_events).values(values))
+        except IntegrityError:
+            continue
+        inserted[(new.conn_id, new.delivery_id)] = int(result.inserted_primary_key[0])
+    return inserted
 
 
 def insert_events(conn: Connection, events: Sequence[NewEvent]) -> list[tuple[int, bool]]:
     """Insert several deliveries in one statement; return ``(event id, inserted)`` per event, in order.
 
-    ``inserted`` is False for a delivery id already stored, or repeated earlier in ``events``: its id is
-    the stored event's. One multi-row statement costs about as much as one single-row insert, which is
-    what lets the receiver commit a batch of concurrent deliveries at once.
+    ``inserted`` is False for a delivery already stored: the same delivery id on the same connection, or
+    another copy of the same logical event (``event_key``), stored earlier or earlier in ``events``; its id
+    is then the stored event's. One multi-row statement costs about as much as one single-row insert, which
+    is what lets the receiver commit a batch of concurrent deliveries at once.
+
+    :raises ValueError: two events in ``events`` share a connection and delivery id but not their content.
     """
-    dialect = conn.dialect.name
-    if dialect not in ("postgresql", "sqlite") or not conn.dialect.insert_returning:
-        results = []
+    if not events:
+        return []
+    if len({(new.conn_id, new.delivery_id) for new in events}) < len(events):
+        # The caller (the receiver's batch) passes each delivery id once per connection.
+        seen: dict[tuple[str, str], NewEvent] = {}
         for new in events:
-            new_id = insert_event_id(
-                conn,
-                delivery_id=new.delivery_id,
-                conn_id=new.conn_id,
-                fields=new.fields,
-                body=new.body,
-                received_at=new.received_at,
-            )
-            if new_id is None:
-                existing = get_event(conn, delivery_id=new.delivery_id)
-                if existing is None:
-                    raise RuntimeError("a duplicate delivery's stored event could not be read back")
-                results.append((existing.id, False))
-            else:
-                results.append((new_id, True))
-        return results
-    inserted = _insert_rows(conn, events)
-    missing = {new.delivery_id for new in events} - set(inserted)
-    stored: dict[str, int] = {}
+            first = seen.setdefault((new.conn_id, new.delivery_id), new)
+            if first is not new and first.event_key != new.event_key:
+                raise ValueError(f"delivery id {new.delivery_id!r} appears twice with different bodies")
+    if conn.dialect.name in ("postgresql", "sqlite") and conn.dialect.insert_returning:
+        inserted = _insert_rows(conn, events)
+    else:
+        inserted = _insert_one_by_one(conn, events)
+    missing = [new for new in events if (new.conn_id, new.delivery_id) not in inserted]
+    by_delivery: dict[tuple[str, str], int] = dict(inserted)
+    by_key: dict[tuple[str, str], int] = {}
     if missing:
+        table = webhook_events.c
         rows = conn.execute(
-            select(webhook_events.c.delivery_id, webhook_events.c.id).where(
-                webhook_events.c.delivery_id.in_(missing)
+            select(table.conn_id, table.delivery_id, table.event_key, table.id).where(
+                table.conn_id.in_({new.conn_id for new in missing}),
+                or_(
+                    table.delivery_id.in_({new.delivery_id for new in missing}),
+                    table.event_key.in_({new.event_key for new in missing}),
+                ),
             )
         )
-        stored = {row.delivery_id: row.id for row in rows}
-    results = []
+        for row in rows:
+            by_delivery.setdefault((row.conn_id, row.delivery_id), row.id)
+            by_key[(row.conn_id, row.event_key)] = row.id
+    results: list[tuple[int, bool]] = []
+    claimed: set[tuple[str, str]] = set()
     for new in events:
-        new_id = inserted.pop(new.delivery_id, None)
-        if new_id is not None:
-            stored[new.delivery_id] = new_id
+        key = (new.conn_id, new.delivery_id)
+        new_id = inserted.get(key)
+        if new_id is not None and key not in claimed:
+            claimed.add(key)
             results.append((new_id, True))
             continue
-        if new.delivery_id not in stored:
+        existing = by_delivery.get(key) or by_key.get((new.conn_id, new.event_key))
+        if existing is None:
             raise RuntimeError("a duplicate delivery's stored event could not be read back")
-        results.append((stored[new.delivery_id], False))
+        results.append((existing, False))
     return results
 
 
-def get_event(
-    conn: Connection, event_id: int | None = None, *, delivery_id: str | None = None
-) -> StoredEvent | None:
-    """Return the event with this id, or with this delivery id, or None.
+def insert_event(conn: Connection, new: NewEvent) -> tuple[int, bool]:
+    """Insert one delivery: :func:`insert_events` for a single event."""
+    return insert_events(conn, [new])[0]
 
-    :raises ValueError: neither or both of ``event_id`` and ``delivery_id`` were given.
+
+def get_event(
+    conn: Connection,
+    event_id: int | None = None,
+    *,
+    conn_id: str | None = None,
+    delivery_id: str | None = None,
+) -> StoredEvent | None:
+    """Return the event with this id, or with this delivery id on connection ``conn_id``, or None.
+
+    :param conn_id: with ``event_id``, also require the event to belong to this connection; with
+        ``delivery_id``, required (delivery ids are unique per connection only).
+    :raises ValueError: neither or both of ``event_id`` and ``delivery_id`` were given, or ``delivery_id``
+        without ``conn_id``.
     """
     if (event_id is None) == (delivery_id is None):
         raise ValueError("pass exactly one of event_id or delivery_id")
+    table = webhook_events.c
     statement = select(webhook_events)
     if event_id is not None:
-        statement = statement.where(webhook_events.c.id == event_id)
+        statement = statement.where(table.id == event_id)
     else:
-        statement = statement.where(webhook_events.c.delivery_id == delivery_id)
+        if conn_id is None:
+            raise ValueError("a delivery id is unique per connection only: pass conn_id with it")
+        statement = statement.where(table.delivery_id == delivery_id)
+    if conn_id is not None:
+        statement = statement.where(table.conn_id == conn_id)
     row = conn.execute(statement).first()
     return _event_from_row(row) if row is not None else None
 
@@ -401,3 +368,27 @@ def last_received_at(conn: Connection, conn_id: str | None = None) -> datetime |
         # SQLite returns max() of a DateTime column as its stored text.
         value = datetime.fromisoformat(value)
     return _utc(value)
+
+
+def load_cursor(conn: Connection, cursor_key: str) -> Any:
+    """Return the JSON state saved under ``cursor_key`` by :func:`save_cursor`, or None."""
+    from neoleads_provider.store.schema import watch_cursors
+
+    text = conn.execute(
+        select(watch_cursors.c.state).where(watch_cursors.c.cursor_key == cursor_key)
+    ).scalar()
+    return None if text is None else msgspec.json.decode(text)
+
+
+def save_cursor(conn: Connection, cursor_key: str, state: Any) -> None:
+    """Save ``state`` (JSON-serialisable) under ``cursor_key``, replacing what was there."""
+    from sqlalchemy import update
+
+    from neoleads_provider.store.schema import watch_cursors
+
+    values = {"state": _encode_json(state).decode("utf-8"), "updated_at": datetime.now(UTC)}
+    updated = conn.execute(
+        update(watch_cursors).where(watch_cursors.c.cursor_key == cursor_key).values(**values)
+    ).rowcount
+    if not updated:
+        conn.execute(insert(watch_cursors).values(cursor_key=cursor_key, **values))

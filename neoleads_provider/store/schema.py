@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 # Stable constraint and index names, so migrations can refer to them on every database.
@@ -27,7 +28,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -38,9 +39,13 @@ webhook_events = Table(
     "neoleads_webhook_event",
     metadata,
     Column("id", _ID, primary_key=True, autoincrement=True),
-    # X-Chatwoot-Delivery, or a digest of the body for servers that send none.
-    Column("delivery_id", String(128), nullable=False, unique=True),
+    # The Airflow connection the delivery was received (and verified) for: every lookup is scoped to it.
     Column("conn_id", String(250), nullable=False),
+    # X-Chatwoot-Delivery, or a digest of the body for servers that send none.
+    Column("delivery_id", String(128), nullable=False),
+    # The logical event (events.event_identity): the same for its copy through the other delivery path
+    # and for a replay under a new delivery id, so each is stored once.
+    Column("event_key", String(128), nullable=False),
     Column("event", String(64), nullable=False),
     Column("account_id", BigInteger),
     Column("inbox_id", BigInteger),
@@ -53,10 +58,14 @@ webhook_events = Table(
     Column("sender_type", String(32)),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("body", Text, nullable=False),
-    # A sensor waits on one conversation of one account for events newer than a watermark.
-    Index(None, "account_id", "conversation_id", "event", "id"),
-    # Event-driven DAGs follow a whole inbox (or account) forward from a cursor.
-    Index(None, "account_id", "inbox_id", "event", "id"),
+    # Delivery ids are unique per connection only: one connection's sender must not be able to claim
+    # (and so shadow) a delivery id another connection will receive.
+    UniqueConstraint("conn_id", "delivery_id"),
+    UniqueConstraint("conn_id", "event_key"),
+    # A sensor waits on one conversation of its connection for events newer than a watermark.
+    Index(None, "conn_id", "conversation_id", "event", "id"),
+    # Event-driven DAGs follow a whole inbox (or connection) forward from a cursor.
+    Index(None, "conn_id", "inbox_id", "event", "id"),
     # Retention deletes by age.
     Index(None, "received_at"),
 )
@@ -77,6 +86,17 @@ send_records = Table(
     Column("contact_id", BigInteger),
     Column("conversation_id", BigInteger),
     Column("message_id", BigInteger),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Where each asset watcher (NeoleadsEventTrigger) is in the event table: one JSON state per cursor key. Kept
+# beside the events so the trigger's stream producer, which Airflow gives no state store, can move it
+# exactly when the asset events it covers are persisted.
+watch_cursors = Table(
+    "neoleads_watch_cursor",
+    metadata,
+    Column("cursor_key", String(200), primary_key=True),
+    Column("state", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 

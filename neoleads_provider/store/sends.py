@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SendKey",
+    "SendLedger",
     "SendRecord",
     "count_by_state",
     "load_records",
@@ -196,3 +197,58 @@ def purge_older_than(conn: Connection, cutoff: datetime) -> int:
         cutoff = cutoff.replace(tzinfo=UTC)
     result = conn.execute(delete(send_records).where(send_records.c.updated_at < cutoff))
     return int(result.rowcount or 0)
+
+
+class SendLedger:
+    """One task instance's send records in one store: what the bulk operator reads and writes, nothing else.
+
+    Every method commits before it returns and raises :class:`~neoleads_provider.store.errors.EventStoreError`
+    (never SQLAlchemy's errors). Safe to share between threads: each call takes its own connection, queued
+    behind the process's other writers on SQLite.
+
+    :param events_db_url: the store's SQLAlchemy URL; None reads ``[neoleads] events_db_url``.
+    """
+
+    def __init__(self, events_db_url: str | None, key: SendKey) -> None:
+        from neoleads_provider.store.engine import get_engine
+
+        self.key = key
+        self._engine = get_engine(events_db_url)
+
+    def load(self) -> dict[str, SendRecord]:
+        """Create the table if the store predates it, then return the records of earlier tries by row key."""
+        from neoleads_provider.store.errors import translate_errors
+        from neoleads_provider.store.migrate import migrate
+
+        with translate_errors():
+            migrate(self._engine)
+            with self._engine.connect() as conn:
+                return load_records(conn, self.key)
+
+    def _write(self, action: Any, row_key: str, **values: Any) -> None:
+        from neoleads_provider.store.engine import write_lock
+        from neoleads_provider.store.errors import translate_errors
+
+        with translate_errors(), write_lock(self._engine), self._engine.begin() as conn:
+            action(conn, self.key, row_key, **values)
+
+    def mark_pending(
+        self, row_key: str, *, source_id: str, contact_id: int | None, conversation_id: int
+    ) -> None:
+        """:func:`mark_pending`, committed."""
+        self._write(
+            mark_pending, row_key, source_id=source_id, contact_id=contact_id, conversation_id=conversation_id
+        )
+
+    def mark_sent(
+        self, row_key: str, *, source_id: str, contact_id: int | None, conversation_id: int, message_id: int
+    ) -> None:
+        """:func:`mark_sent`, committed."""
+        self._write(
+            mark_sent,
+            row_key,
+            source_id=source_id,
+            contact_id=contact_id,
+            conversation_id=conversation_id,
+            message_id=message_id,
+        )

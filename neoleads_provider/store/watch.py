@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from neoleads_provider.store.matching import EventFilter
+    from neoleads_provider.events.filter import EventFilter
 
 __all__ = ["ANY", "WATCH_INTERVAL", "StoreWatcher", "interest_of", "read_new_rows", "watcher_for"]
 
@@ -47,20 +47,21 @@ _watchers: dict[tuple[int, str | None], StoreWatcher] = {}
 
 
 def interest_of(flt: EventFilter) -> frozenset[tuple[Any, ...]]:
-    """The keys of new rows that could match ``flt``: its conversation, else its inbox, else any row."""
+    """The keys of new rows that could match ``flt``: its connection's conversation, else inbox, else any row."""
     if flt.conversation_id is not None:
-        return frozenset({("c", flt.conversation_id)})
+        return frozenset({("c", flt.conn_id, flt.conversation_id)})
     if flt.inbox_id is not None:
-        return frozenset({("i", flt.inbox_id)})
-    return frozenset({ANY})
+        return frozenset({("i", flt.conn_id, flt.inbox_id)})
+    return frozenset({("*", flt.conn_id)})
 
 
-def _row_keys(conversation_id: int | None, inbox_id: int | None) -> Iterable[tuple[Any, ...]]:
+def _row_keys(conn_id: str, conversation_id: int | None, inbox_id: int | None) -> Iterable[tuple[Any, ...]]:
     yield ANY
+    yield ("*", conn_id)
     if conversation_id is not None:
-        yield ("c", int(conversation_id))
+        yield ("c", conn_id, int(conversation_id))
     if inbox_id is not None:
-        yield ("i", int(inbox_id))
+        yield ("i", conn_id, int(inbox_id))
 
 
 def read_new_rows(events_db_url: str | None, after_id: int | None) -> tuple[int | None, set[tuple[Any, ...]]]:
@@ -77,7 +78,7 @@ def read_new_rows(events_db_url: str | None, after_id: int | None) -> tuple[int 
         if after_id is None:
             return conn.execute(select(func.max(table.c.id))).scalar(), set()
         rows = conn.execute(
-            select(table.c.id, table.c.conversation_id, table.c.inbox_id)
+            select(table.c.id, table.c.conn_id, table.c.conversation_id, table.c.inbox_id)
             .where(table.c.id > after_id)
             .order_by(table.c.id)
             .limit(MAX_ROWS_PER_READ)
@@ -86,7 +87,7 @@ def read_new_rows(events_db_url: str | None, after_id: int | None) -> tuple[int 
         return after_id, set()
     keys: set[tuple[Any, ...]] = set()
     for row in rows:
-        keys.update(_row_keys(row.conversation_id, row.inbox_id))
+        keys.update(_row_keys(row.conn_id, row.conversation_id, row.inbox_id))
     return int(rows[-1].id), keys
 
 

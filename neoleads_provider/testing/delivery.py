@@ -70,7 +70,7 @@ def encode_payload(payload: dict[str, Any]) -> bytes:
 class WebhookDispatcher:
     """Post webhook deliveries from a background thread and keep a log of the outcomes.
 
-    :param sign: add the timestamp and signature headers (``False`` acts like a server older than 4.12).
+    :param sign: add the timestamp and signature headers (``False`` acts like a server older than 4.11.2).
     :param header_prefix: the header prefix; white-labelled servers rename ``X-Chatwoot-``.
     :param timeout: seconds for connect and for read, like the server's ``WEBHOOK_TIMEOUT``.
     :param on_failure: called with the delivery and an error text after a failed attempt.

@@ -24,8 +24,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from neoleads_provider.events.build import (
+    account_data,
+    contact_inbox_data,
+    contact_push_data,
+    contact_webhook_data,
+    conversation_meta,
+    conversation_webhook_data,
+    iso8601,
+    message_webhook_data,
+    user_webhook_data,
+)
+from neoleads_provider.events.names import INBOX_SCOPED_EVENTS
+from neoleads_provider.events.names import MESSAGE_TYPES as MESSAGE_TYPE_NAMES
+
 # The real server's name for the list (Chatwoot's Webhook::ALLOWED_WEBHOOK_EVENTS).
-from neoleads_provider.webhook_events import WEBHOOK_EVENTS as ALLOWED_WEBHOOK_EVENTS
+from neoleads_provider.events.names import WEBHOOK_EVENTS as ALLOWED_WEBHOOK_EVENTS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -58,22 +72,8 @@ MAX_CONTENT_LENGTH = 150_000
 MAX_STRING_LENGTH = 255
 MAX_WEBHOOK_URL_LENGTH = 2048
 
-# The API inbox's own webhook_url gets every inbox-scoped event, without a subscription filter.
-INBOX_SCOPED_EVENTS = frozenset(
-    {
-        "conversation_created",
-        "conversation_updated",
-        "conversation_status_changed",
-        "message_created",
-        "message_updated",
-        "conversation_typing_on",
-        "conversation_typing_off",
-        "webwidget_triggered",
-    }
-)
-
-MESSAGE_TYPES = {"incoming": 0, "outgoing": 1, "activity": 2, "template": 3}
-MESSAGE_TYPE_NAMES = {value: name for name, value in MESSAGE_TYPES.items()}
+# A message type's REST integer by its name (MESSAGE_TYPE_NAMES is the names, indexed by the integer).
+MESSAGE_TYPES = {name: number for number, name in enumerate(MESSAGE_TYPE_NAMES)}
 CONTENT_TYPES = frozenset(
     {
         "text",
@@ -154,14 +154,6 @@ def record_invalid(errors: list[tuple[str, str]]) -> SandboxError:
 def server_error() -> SandboxError:
     """Return the Rails public-exceptions 500 for a JSON request."""
     return SandboxError(500, SERVER_ERROR_BODY)
-
-
-def iso8601(timestamp: float | None) -> str | None:
-    """Render a unix time the way Rails' ``as_json`` renders a timestamp (UTC, milliseconds, ``Z``)."""
-    if timestamp is None:
-        return None
-    moment = datetime.fromtimestamp(timestamp, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def unix(timestamp: float | None) -> int | None:
@@ -667,7 +659,7 @@ class SandboxState:
 
     def _account_data(self, account_id: int) -> dict[str, Any]:
         account = self.accounts[account_id]
-        return {"id": account.id, "name": account.name}
+        return account_data(account.id, account.name)
 
     def render_profile(self, user: User) -> dict[str, Any]:
         """Render ``GET /api/v1/profile``: the flat user, with its accounts, echoing the access token."""
@@ -727,7 +719,7 @@ class SandboxState:
 
     @staticmethod
     def _user_webhook_data(user: User) -> dict[str, Any]:
-        return {"id": user.id, "name": user.name, "email": user.email, "type": "user"}
+        return user_webhook_data(id=user.id, name=user.name, email=user.email)
 
     @staticmethod
     def _slim_inbox(inbox: Inbox) -> dict[str, Any]:
@@ -863,34 +855,28 @@ class SandboxState:
         return data
 
     @staticmethod
-    def _contact_push_data(contact: Contact) -> dict[str, Any]:
+    def _contact_fields(contact: Contact) -> dict[str, Any]:
+        """What ``Contact#push_event_data`` and ``Contact#webhook_data`` both show, as builder arguments."""
         return {
+            "id": contact.id,
+            "name": contact.name,
+            "email": contact.email,
+            "phone_number": contact.phone_number,
+            "identifier": contact.identifier,
             "additional_attributes": _copy_json(contact.additional_attributes),
             "custom_attributes": _copy_json(contact.custom_attributes),
-            "email": contact.email,
-            "id": contact.id,
-            "identifier": contact.identifier,
-            "name": contact.name,
-            "phone_number": contact.phone_number,
-            "thumbnail": contact.avatar_url,
             "blocked": contact.blocked,
-            "type": "contact",
         }
 
+    def _contact_push_data(self, contact: Contact) -> dict[str, Any]:
+        return contact_push_data(thumbnail=contact.avatar_url, **self._contact_fields(contact))
+
     def _contact_webhook_data(self, contact: Contact) -> dict[str, Any]:
-        return {
-            "account": self._account_data(contact.account_id),
-            "additional_attributes": _copy_json(contact.additional_attributes),
-            "avatar": contact.avatar_url,
-            "custom_attributes": _copy_json(contact.custom_attributes),
-            "email": contact.email,
-            "id": contact.id,
-            "identifier": contact.identifier,
-            "name": contact.name,
-            "phone_number": contact.phone_number,
-            "thumbnail": contact.avatar_url,
-            "blocked": contact.blocked,
-        }
+        return contact_webhook_data(
+            account=self._account_data(contact.account_id),
+            avatar=contact.avatar_url,
+            **self._contact_fields(contact),
+        )
 
     def _attachment_data(self, attachment: Attachment) -> dict[str, Any]:
         url = f"{self.base_url}/_sandbox/attachments/{attachment.id}/{attachment.filename}"
@@ -1059,49 +1045,45 @@ class SandboxState:
         inbox = self.inboxes[conversation.inbox_id]
         contact_inbox = self.contact_inboxes.get(conversation.contact_inbox_id)
         last_chat = self._last_message(conversation, chat_only=True)
-        assignee = self._assignee_data(conversation)
-        return {
-            "additional_attributes": _copy_json(conversation.additional_attributes),
-            "can_reply": True,
-            "channel": inbox.channel_type,
-            "contact_inbox": {
-                "id": contact_inbox.id,
-                "contact_id": contact_inbox.contact_id,
-                "inbox_id": contact_inbox.inbox_id,
-                "source_id": contact_inbox.source_id,
-                "created_at": iso8601(contact_inbox.created_at),
-                "updated_at": iso8601(contact_inbox.updated_at),
-                "hmac_verified": contact_inbox.hmac_verified,
-                "pubsub_token": contact_inbox.pubsub_token,
-            }
+        return conversation_webhook_data(
+            account=self._account_data(conversation.account_id),
+            id=conversation.display_id,
+            inbox_id=conversation.inbox_id,
+            channel=inbox.channel_type,
+            contact_inbox=contact_inbox_data(
+                id=contact_inbox.id,
+                contact_id=contact_inbox.contact_id,
+                inbox_id=contact_inbox.inbox_id,
+                source_id=contact_inbox.source_id,
+                created_at=iso8601(contact_inbox.created_at),
+                updated_at=iso8601(contact_inbox.updated_at),
+                hmac_verified=contact_inbox.hmac_verified,
+                pubsub_token=contact_inbox.pubsub_token,
+            )
             if contact_inbox is not None
             else None,
-            "id": conversation.display_id,
-            "inbox_id": conversation.inbox_id,
-            "messages": [self._message_push_data(last_chat)] if last_chat is not None else [],
-            "labels": list(conversation.labels),
-            "meta": {
-                "sender": self._contact_push_data(contact),
-                "assignee": assignee,
-                "assignee_type": "User" if assignee is not None else None,
-                "team": None,
-                "hmac_verified": bool(contact_inbox and contact_inbox.hmac_verified),
-            },
-            "status": conversation.status,
-            "custom_attributes": _copy_json(conversation.custom_attributes),
-            "snoozed_until": iso8601(conversation.snoozed_until),
-            "unread_count": self._unread_count(conversation),
-            "first_reply_created_at": iso8601(conversation.first_reply_created_at),
-            "priority": conversation.priority,
-            "waiting_since": unix0(conversation.waiting_since),
-            "agent_last_seen_at": unix0(conversation.agent_last_seen_at),
-            "contact_last_seen_at": unix0(conversation.contact_last_seen_at),
-            "last_activity_at": int(conversation.last_activity_at),
-            "timestamp": int(conversation.last_activity_at),
-            "created_at": int(conversation.created_at),
-            "updated_at": conversation.updated_at,
-            "account": self._account_data(conversation.account_id),
-        }
+            meta=conversation_meta(
+                sender=self._contact_push_data(contact),
+                assignee=self._assignee_data(conversation),
+                team=None,
+                hmac_verified=bool(contact_inbox and contact_inbox.hmac_verified),
+            ),
+            status=conversation.status,
+            messages=[self._message_push_data(last_chat)] if last_chat is not None else [],
+            labels=conversation.labels,
+            additional_attributes=_copy_json(conversation.additional_attributes),
+            custom_attributes=_copy_json(conversation.custom_attributes),
+            snoozed_until=iso8601(conversation.snoozed_until),
+            unread_count=self._unread_count(conversation),
+            first_reply_created_at=iso8601(conversation.first_reply_created_at),
+            priority=conversation.priority,
+            waiting_since=unix0(conversation.waiting_since),
+            agent_last_seen_at=unix0(conversation.agent_last_seen_at),
+            contact_last_seen_at=unix0(conversation.contact_last_seen_at),
+            last_activity_at=int(conversation.last_activity_at),
+            created_at=int(conversation.created_at),
+            updated_at=conversation.updated_at,
+        )
 
     def _message_webhook_data(self, message: Message) -> dict[str, Any]:
         """Render ``Message#webhook_data``: ``message_type`` is the string, ``created_at`` ISO 8601."""
@@ -1112,24 +1094,22 @@ class SandboxState:
             sender = self._contact_webhook_data(self.contacts[message.sender_id])
         elif message.sender_type == "User" and message.sender_id in self.users:
             sender = self._user_webhook_data(self.users[message.sender_id])
-        data: dict[str, Any] = {
-            "account": self._account_data(message.account_id),
-            "additional_attributes": _copy_json(message.additional_attributes),
-            "content_attributes": _copy_json(message.content_attributes),
-            "content_type": message.content_type,
-            "content": message.content,
-            "conversation": self._conversation_webhook_data(conversation),
-            "created_at": iso8601(message.created_at),
-            "id": message.id,
-            "inbox": {"id": inbox.id, "name": inbox.name},
-            "message_type": MESSAGE_TYPE_NAMES[message.message_type],
-            "private": message.private,
-            "sender": sender,
-            "source_id": message.source_id,
-        }
-        if message.attachments:
-            data["attachments"] = [self._attachment_data(item) for item in message.attachments]
-        return data
+        return message_webhook_data(
+            account=self._account_data(message.account_id),
+            id=message.id,
+            content=message.content,
+            message_type=MESSAGE_TYPE_NAMES[message.message_type],
+            created_at=iso8601(message.created_at),
+            inbox={"id": inbox.id, "name": inbox.name},
+            conversation=self._conversation_webhook_data(conversation),
+            sender=sender,
+            private=message.private,
+            source_id=message.source_id,
+            content_type=message.content_type,
+            content_attributes=_copy_json(message.content_attributes),
+            additional_attributes=_copy_json(message.additional_attributes),
+            attachments=[self._attachment_data(item) for item in message.attachments],
+        )
 
     def render_webhook(self, webhook: Webhook) -> dict[str, Any]:
         """Render the account webhook partial, including its signing secret."""
@@ -1899,7 +1879,11 @@ class SandboxState:
         raw_type = params.get("message_type")
         if raw_type is None or raw_type == "":
             message_type = MESSAGE_TYPES["outgoing"]
-        elif isinstance(raw_type, int) and not isinstance(raw_type, bool) and raw_type in MESSAGE_TYPE_NAMES:
+        elif (
+            isinstance(raw_type, int)
+            and not isinstance(raw_type, bool)
+            and raw_type in MESSAGE_TYPES.values()
+        ):
             message_type = raw_type
         elif isinstance(raw_type, str) and raw_type in MESSAGE_TYPES:
             message_type = MESSAGE_TYPES[raw_type]

@@ -3,15 +3,19 @@
 ``POST /webhooks/{conn_id}`` (mounted at ``/neoleads`` on the Airflow API server and by
 ``neoleads webhooks serve``). Checks run in this order, cheapest and least revealing first:
 
-1. ``conn_id`` syntax, then the Airflow connection: unknown → 404; not a ``neoleads`` connection or
-   invalid webhook settings → 503 (the log names the field).
+1. ``conn_id`` syntax, then the Airflow connection: unknown, or not a ``neoleads`` connection → 404 (the
+   same answer, so a stranger cannot tell them apart); no ``account_id`` or invalid webhook settings → 503
+   (the log names the field).
 2. Body size, from ``Content-Length`` and while streaming → 413. ``Content-Type: application/json`` → 415.
 3. The signature over the raw bytes (``X-Chatwoot-Signature`` / ``-Timestamp``, or the connection's
    prefix), or ``?token=`` for unsigned senders when the connection allows them → 401 with a generic body.
    A failed check re-reads the connection once per TTL, so a rotated secret works without a restart.
-4. The JSON: an object with a string ``event``, no NaN/Infinity, at most 64 levels deep → 400.
-5. One committed transaction → 200 ``stored`` or ``duplicate`` (same delivery id). Any store error → 503
-   with ``Retry-After``; the sender is never told "OK" for something that was not committed.
+4. The JSON: an object with a string ``event``, no NaN/Infinity, at most 64 levels deep, no text a database
+   cannot store (NUL, lone surrogates) → 400. A payload about another account than the connection's → 422.
+5. One committed transaction → 200 ``stored``, or ``duplicate`` when this connection already stored the same
+   delivery id or another copy of the same logical event (``events.event_identity``: the other delivery
+   path, or a replay under a new delivery id). Any store error → 503 with ``Retry-After``; the sender is
+   never told "OK" for something that was not committed.
 
 Neoleads does not retry failed webhooks, so every refusal here is final for that delivery; the log line
 is the operator's only trace of it. Secrets, signatures and tokens never reach the log.
@@ -19,7 +23,6 @@ is the operator's only trace of it. Secrets, signatures and tokens never reach t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -27,16 +30,19 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import anyio.to_thread
 from fastapi import FastAPI
 from pydantic import BaseModel
 
 from neoleads_provider.connection import CONN_TYPE, NeoleadsConnectionSettings
-from neoleads_provider.store.engine import WalCheckpointer
+from neoleads_provider.events.fields import PayloadError, event_identity
+from neoleads_provider.events.names import EVENT_NAME_MAX_LENGTH, EVENT_NAME_PATTERN
+from neoleads_provider.store.errors import EventStoreError
+from neoleads_provider.store.writer import EventWriter, RowRefusedError
 from neoleads_provider.webhooks.asgi import (
     BodyTooLargeError,
     ClientGoneError,
@@ -47,7 +53,7 @@ from neoleads_provider.webhooks.asgi import (
     send_json,
 )
 from neoleads_provider.webhooks.batching import BatchRunner
-from neoleads_provider.webhooks.payload import MAX_JSON_DEPTH, EventFields, PayloadError, parse_event_body
+from neoleads_provider.webhooks.body import MAX_JSON_DEPTH, parse_event_body
 from neoleads_provider.webhooks.verify import (
     NoMatchingSignatureError,
     WebhookVerificationError,
@@ -58,8 +64,9 @@ from neoleads_provider.webhooks.verify import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from sqlalchemy import Connection, Engine
+    from sqlalchemy import Engine  # noqa: TID251 - a type only
 
+    from neoleads_provider.store.repository import NewEvent
     from neoleads_provider.webhooks.asgi import Receive, Scope, Send
 
 __all__ = [
@@ -140,18 +147,27 @@ def _endpoint_from_connection(conn_id: str, conn: Any, now: float) -> _Endpoint:
         return _Endpoint("unknown", fetched_at=now)
     conn_type = getattr(conn, "conn_type", None)
     if conn_type != CONN_TYPE:
+        # Answered exactly like an unknown id: the endpoint must not tell a stranger which other
+        # connections exist. The operator learns it here.
         log.error(
             "Neoleads webhook endpoint %r refused deliveries: connection field 'conn_type' is %r, expected %r",
             conn_id,
             conn_type,
             CONN_TYPE,
         )
-        return _Endpoint("misconfigured", fetched_at=now)
+        return _Endpoint("unknown", fetched_at=now)
     try:
         settings = NeoleadsConnectionSettings.from_connection(conn, require_token=False)
     except Exception as exc:
         # NeoleadsConfigError messages name the field and never include secret values.
         log.error("Neoleads webhook endpoint %r refused deliveries: %s", conn_id, exc)
+        return _Endpoint("misconfigured", fetched_at=now)
+    if not settings.account_id:
+        log.error(
+            "Neoleads webhook endpoint %r refused deliveries: connection field 'account_id' is required, so "
+            "that deliveries for other accounts can be refused",
+            conn_id,
+        )
         return _Endpoint("misconfigured", fetched_at=now)
     return _Endpoint("ok", settings=settings, fetched_at=now)
 
@@ -366,34 +382,6 @@ def _webhook_conn_id(scope: Scope) -> str | None:
     return conn_id
 
 
-@dataclass
-class _MigrationGuard:
-    """Run ``migrate`` once per database per app, on the first delivery; retry a failure only every 30 s."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    done: set[str] = field(default_factory=set)
-    failed_at: dict[str, float] = field(default_factory=dict)
-
-    def ensure(self, engine: Engine) -> None:
-        key = str(engine.url)
-        if key in self.done:
-            return
-        with self.lock:
-            if key in self.done:
-                return
-            failed = self.failed_at.get(key)
-            if failed is not None and time.monotonic() - failed < STORE_RETRY_AFTER_SECONDS:
-                raise RuntimeError("the event store migration failed recently; not retrying yet")
-            from neoleads_provider.store.migrate import migrate
-
-            try:
-                migrate(engine)
-            except Exception:
-                self.failed_at[key] = time.monotonic()
-                raise
-            self.done.add(key)
-
-
 # --------------------------------------------------------------------------- the app
 
 
@@ -405,12 +393,12 @@ _REQUEST_BODY_SCHEMA = {
                 "type": "object",
                 "required": ["event"],
                 "properties": {
-                    # The same rule as payload.py's, so generated clients and fuzzers know what is accepted.
+                    # The rule read_event applies, so generated clients and fuzzers know what is accepted.
                     "event": {
                         "type": "string",
                         "minLength": 1,
-                        "maxLength": 64,
-                        "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:\\-]*$",
+                        "maxLength": EVENT_NAME_MAX_LENGTH,
+                        "pattern": EVENT_NAME_PATTERN,
                         "example": "message_created",
                     }
                 },
@@ -436,17 +424,17 @@ _PARAMETERS = [
 ]
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "Malformed body, event or delivery id."},
+    400: {"model": ErrorBody, "description": "Malformed body, event or delivery id, or unstorable text."},
     401: {"model": ErrorBody, "description": "Signature, timestamp or token missing or wrong."},
-    404: {"model": ErrorBody, "description": "No such webhook endpoint (connection)."},
+    404: {"model": ErrorBody, "description": "No such webhook endpoint (no such Neoleads connection)."},
     413: {"model": ErrorBody, "description": "Body larger than 1 MiB."},
     415: {"model": ErrorBody, "description": "Content-Type is not application/json."},
+    422: {"model": ErrorBody, "description": "Signed, but about another account than the connection's."},
     503: {"model": ErrorBody, "description": "Connection misconfigured, or the event store is unavailable."},
 }
 
 
 _Answer = tuple[int, dict[str, Any], dict[str, str] | None]
-_R = TypeVar("_R")
 
 
 class WebhookReceiverApp:
@@ -509,9 +497,8 @@ def create_app(
         resolve_connection or default_resolve_connection, ttl=cache_ttl, clock=clock
     )
     throttle = _LogThrottle()
-    migrations = _MigrationGuard()
-    store = _Store(engine_factory, migrations if auto_migrate else None, throttle)
-    writer = BatchRunner(store.save_batch, name="neoleads-webhook-writer", on_idle=store.release)
+    store = _DeliveryStore(EventWriter(engine_factory, auto_migrate=auto_migrate), throttle)
+    writer = BatchRunner(store.save_batch, name="neoleads-webhook-writer", on_idle=store.writer.release)
 
     def refuse(conn_id: str, client: str, refusal: _Refusal, reason: str | None = None) -> _Answer:
         suppressed = None if refusal.logged else throttle.check(f"{conn_id}:{refusal.status_code}")
@@ -574,7 +561,9 @@ def create_app(
             received_at = datetime.fromtimestamp(now, UTC)
             # Parsed and committed on the writer thread, together with whatever else arrived meanwhile
             # (group commit); answered only once committed. A bad body comes back as a 400 refusal.
-            status, event_id = await writer.submit(_Delivery(conn_id, delivery_id, body, received_at))
+            status, event_id = await writer.submit(
+                _Delivery(conn_id, settings.account_id, delivery_id, body, received_at)
+            )
         except _Refusal as refusal:
             return refuse(conn_id, client, refusal)
         except _ConnectionLookupError as exc:
@@ -669,151 +658,66 @@ class _Delivery(NamedTuple):
     """A verified delivery on its way to the writer thread."""
 
     conn_id: str
+    #: The connection's Neoleads account: a payload naming another one is refused.
+    account_id: int
     delivery_id: str
     body: bytes
     received_at: datetime
 
 
-class _Store:
-    """The one write the receiver makes; every failure becomes a 503 with Retry-After.
+def _parse_delivery(delivery: _Delivery) -> NewEvent:
+    """Read a verified delivery into the row to store, or raise the refusal that answers it."""
+    from neoleads_provider.store.repository import NewEvent
 
-    Used from the writer thread only. Each writer thread keeps one connection across its transactions:
-    checking one out of the pool per batch cost more than the insert itself (a ping round trip to
-    PostgreSQL before, a rollback after). :meth:`release` closes it when the thread goes idle.
-    """
+    try:
+        text, fields = parse_event_body(delivery.body)
+    except PayloadError as exc:
+        raise _Refusal(400, str(exc)) from None
+    except Exception:
+        # A parser bug must cost this delivery alone, not the whole batch.
+        log.exception(
+            "Neoleads webhook %r: delivery %s could not be parsed", delivery.conn_id, delivery.delivery_id
+        )
+        raise _Refusal(400, "the body could not be read as a webhook event", logged=True) from None
+    if fields.account_id is not None and fields.account_id != delivery.account_id:
+        # Signed with this connection's secret but about another account: a misrouted webhook, or one
+        # tenant's credential aimed at another's sensors. Never stored, so it can match nothing.
+        log.warning(
+            "Neoleads webhook %r refused delivery %s: its payload is for account %s, the connection's "
+            "account_id is %s",
+            delivery.conn_id,
+            delivery.delivery_id,
+            fields.account_id,
+            delivery.account_id,
+        )
+        raise _Refusal(
+            422, f"the payload's account {fields.account_id} is not this endpoint's account", logged=True
+        )
+    return NewEvent(
+        conn_id=delivery.conn_id,
+        delivery_id=delivery.delivery_id,
+        event_key=event_identity(fields, delivery.body),
+        fields=fields,
+        body=text,
+        received_at=delivery.received_at,
+    )
 
-    def __init__(
-        self,
-        engine_factory: Callable[[], Engine],
-        migrations: _MigrationGuard | None,
-        throttle: _LogThrottle,
-    ) -> None:
-        self._engine_factory = engine_factory
-        self._migrations = migrations
+
+class _DeliveryStore:
+    """Parse and commit deliveries on the writer thread; one ``(status, event_id)`` or refusal each."""
+
+    def __init__(self, writer: EventWriter, throttle: _LogThrottle) -> None:
+        self.writer = writer
         self._throttle = throttle
-        self._held = threading.local()
-        self._checkpointers: dict[Engine, WalCheckpointer] = {}
-
-    def _connection(self, engine: Engine) -> Connection:
-        conn: Connection | None = getattr(self._held, "conn", None)
-        if conn is not None and conn.engine is engine and not conn.closed and not conn.invalidated:
-            return conn
-        self._drop_connection()
-        conn = engine.connect()
-        try:
-            if engine.dialect.name == "sqlite":
-                WalCheckpointer.writer_connected(conn.connection.driver_connection)
-            elif engine.dialect.name == "postgresql":
-                # A batch is one INSERT statement, which PostgreSQL commits atomically on its own; in a
-                # transaction block psycopg would spend two more round trips on it (BEGIN, then COMMIT), a
-                # third of the writer's time. The statement returns only once its commit is durable.
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        except BaseException:
-            conn.close()
-            raise
-        self._held.conn = conn
-        return conn
-
-    def _checkpointer(self, engine: Engine) -> WalCheckpointer | None:
-        if engine.dialect.name != "sqlite":
-            return None
-        checkpointer = self._checkpointers.get(engine)
-        if checkpointer is None:
-            checkpointer = self._checkpointers[engine] = WalCheckpointer(engine)
-        return checkpointer
-
-    def _drop_connection(self) -> Engine | None:
-        """Close this thread's kept connection, if any; return its engine."""
-        conn: Connection | None = getattr(self._held, "conn", None)
-        self._held.conn = None
-        if conn is None:
-            return None
-        if conn.engine in self._checkpointers:
-            with contextlib.suppress(Exception):  # it may be the broken one being dropped
-                WalCheckpointer.writer_released(conn.connection.driver_connection)
-        with contextlib.suppress(Exception):
-            conn.close()
-        return conn.engine
-
-    def release(self) -> None:
-        """The writer thread goes idle: close its kept connection and finish checkpointing for it."""
-        engine = self._drop_connection()
-        checkpointer = self._checkpointers.get(engine) if engine is not None else None
-        if checkpointer is not None:
-            checkpointer.stop()
-
-    def _write(self, work: Callable[[Connection], _R]) -> _R:
-        """Run ``work`` in one committed transaction; its result is returned only after the commit."""
-        from sqlalchemy.exc import DBAPIError
-
-        from neoleads_provider.store.engine import write_lock
-
-        for attempt in (1, 2):
-            engine = self._engine_factory()
-            if self._migrations is not None:
-                self._migrations.ensure(engine)
-            with write_lock(engine):
-                conn = self._connection(engine)
-                try:
-                    with conn.begin():
-                        result = work(conn)
-                except DBAPIError as exc:
-                    self._drop_connection()
-                    # The database dropped the kept connection (a restart, an idle timeout). The insert is
-                    # idempotent (ON CONFLICT DO NOTHING), so it runs once more on a new, pinged connection;
-                    # a delivery whose first insert did commit is then answered "duplicate".
-                    if attempt == 2 or not exc.connection_invalidated:
-                        raise
-                    continue
-                except BaseException:
-                    self._drop_connection()
-                    raise
-            # Committed: nothing after this point may turn the answer into a refusal.
-            checkpointer = self._checkpointer(engine)
-            if checkpointer is not None:
-                with contextlib.suppress(Exception):
-                    checkpointer.committed()
-            return result
-        raise AssertionError("unreachable")
-
-    def save(
-        self, conn_id: str, delivery_id: str, fields: EventFields, text: str, received_at: datetime
-    ) -> tuple[Literal["stored", "duplicate"], int]:
-        from neoleads_provider.store.repository import get_event, insert_event_id
-
-        def insert(conn: Connection) -> tuple[Literal["stored", "duplicate"], int]:
-            event_id = insert_event_id(
-                conn,
-                delivery_id=delivery_id,
-                conn_id=conn_id,
-                fields=fields,
-                body=text,
-                received_at=received_at,
-            )
-            if event_id is not None:
-                return "stored", event_id
-            existing = get_event(conn, delivery_id=delivery_id)
-            if existing is None:
-                raise RuntimeError("a duplicate delivery's stored event could not be read back")
-            return "duplicate", existing.id
-
-        try:
-            return self._write(insert)
-        except Exception as exc:
-            raise self._unavailable(conn_id, exc) from None
 
     def _unavailable(self, conn_id: str, exc: BaseException) -> _Refusal:
-        suppressed = self._throttle.check(f"store:{type(exc).__name__}")
+        suppressed = self._throttle.check(f"store:{type(exc.__cause__ or exc).__name__}")
         if suppressed is not None:
             more = f" ({suppressed} similar errors not logged)" if suppressed else ""
-            # The exception text names the table or the failing statement, never the payload's secrets
+            # The error text names the table or the failing statement, never the payload's secrets
             # (the body holds no credentials) and never the database password.
             log.error(
-                "Neoleads event store unavailable; answering 503 to webhook %r: %s: %s%s",
-                conn_id,
-                type(exc).__name__,
-                _short(exc),
-                more,
+                "Neoleads event store unavailable; answering 503 to webhook %r: %s%s", conn_id, exc, more
             )
         return _Refusal(
             503,
@@ -823,62 +727,30 @@ class _Store:
         )
 
     def save_batch(self, deliveries: Sequence[_Delivery]) -> list[Any]:
-        """Parse and commit deliveries in one transaction; one ``(status, event_id)`` or refusal each.
-
-        Runs on the writer thread. A body that does not parse is refused alone (400). If the transaction
-        fails on a row's values, each delivery is committed on its own so that only that one is refused;
-        any other failure (the store is down) refuses the whole batch with 503.
-        """
-        from sqlalchemy.exc import DataError, IntegrityError
-
-        from neoleads_provider.store.repository import NewEvent, insert_events
-
+        """Runs on the writer thread. A body that does not parse is refused alone (400), as is a row the
+        database refuses; a store outage refuses the whole batch with 503."""
         outcomes: list[Any] = [None] * len(deliveries)
         parsed: list[tuple[int, NewEvent]] = []
         for index, delivery in enumerate(deliveries):
             try:
-                text, fields = parse_event_body(delivery.body)
-            except PayloadError as exc:
-                outcomes[index] = _Refusal(400, str(exc))
-                continue
-            except Exception:
-                # A parser bug must cost this delivery alone, not the whole batch.
-                log.exception(
-                    "Neoleads webhook %r: delivery %s could not be parsed",
-                    delivery.conn_id,
-                    delivery.delivery_id,
-                )
-                outcomes[index] = _Refusal(400, "the body could not be read as a webhook event", logged=True)
-                continue
-            new = NewEvent(delivery.delivery_id, delivery.conn_id, fields, text, delivery.received_at)
-            parsed.append((index, new))
-        if len(parsed) > 1:
-            events = [new for _, new in parsed]
-            try:
-                results = self._write(lambda conn: insert_events(conn, events))
-            except (IntegrityError, DataError):
-                pass  # one delivery's values; find it below
-            except Exception as exc:
-                refusal = self._unavailable(parsed[0][1].conn_id, exc)
-                for index, _ in parsed:
-                    outcomes[index] = _Refusal(503, refusal.detail, headers=refusal.headers, logged=True)
-                return outcomes
-            else:
-                for (index, _), (event_id, inserted) in zip(parsed, results, strict=True):
-                    outcomes[index] = ("stored" if inserted else "duplicate", event_id)
-                return outcomes
-        for index, new in parsed:
-            try:
-                outcomes[index] = self.save(
-                    new.conn_id, new.delivery_id, new.fields, new.body, new.received_at
-                )
+                parsed.append((index, _parse_delivery(delivery)))
             except _Refusal as refusal:
                 outcomes[index] = refusal
+        if not parsed:
+            return outcomes
+        try:
+            results = self.writer.write([new for _, new in parsed])
+        except EventStoreError as exc:
+            refusal = self._unavailable(parsed[0][1].conn_id, exc)
+            for index, _ in parsed:
+                outcomes[index] = refusal
+            return outcomes
+        for (index, new), result in zip(parsed, results, strict=True):
+            if isinstance(result, RowRefusedError):
+                outcomes[index] = _Refusal(400, "the event store refused the delivery's values")
+            elif isinstance(result, EventStoreError):
+                outcomes[index] = self._unavailable(new.conn_id, result)
+            else:
+                event_id, inserted = result
+                outcomes[index] = ("stored" if inserted else "duplicate", event_id)
         return outcomes
-
-
-def _short(exc: BaseException) -> str:
-    # SQLAlchemy appends the statement and its parameters (the whole payload) to the message.
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc)
-    return text.splitlines()[0][:300] if text else ""

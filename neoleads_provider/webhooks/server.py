@@ -18,7 +18,7 @@ from neoleads_provider.webhooks.asgi import send_json
 if TYPE_CHECKING:
     from collections.abc import Callable, MutableMapping
 
-    from sqlalchemy import Engine
+    from sqlalchemy import Engine  # noqa: TID251 - a type only
 
 __all__ = ["create_server_app", "serve"]
 

@@ -1,6 +1,6 @@
 """Verify Neoleads webhook signatures.
 
-Neoleads (Chatwoot 4.12+) signs each delivery with
+Neoleads (Chatwoot 4.11.2+) signs each delivery with
 ``X-Chatwoot-Signature: sha256=HMAC-SHA256(secret, "{X-Chatwoot-Timestamp}.{raw body}")``.
 The sender itself does no replay protection, so the receiver enforces a timestamp window.
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -20,7 +22,7 @@ from neoleads_provider.store.engine import get_engine
 from neoleads_provider.store.migrate import migrate
 from neoleads_provider.store.repository import insert_event
 from neoleads_provider.store.schema import SCHEMA_VERSION, webhook_events
-from neoleads_provider.webhooks.payload import extract_event_fields
+from tests._helpers import new_event
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -53,7 +55,8 @@ def store(
 ) -> str:
     payload = {
         "event": event,
-        "id": 100,
+        # Each a message of its own: a second copy of one message would not be stored again.
+        "id": next(_message_ids),
         "content": content,
         "message_type": "incoming",
         "private": False,
@@ -64,17 +67,16 @@ def store(
     }
     if not event.startswith("message_"):
         payload = {"event": event, "id": conversation_id, "inbox_id": 2, "account": {"id": 1}}
+        payload["nonce"] = str(uuid.uuid4())  # another body: another logical event
     delivery_id = delivery_id or str(uuid.uuid4())
+    row = new_event(payload, conn_id=conn_id, delivery_id=delivery_id)
     with engine.begin() as conn:
-        insert_event(
-            conn,
-            delivery_id=delivery_id,
-            conn_id=conn_id,
-            fields=extract_event_fields(payload),
-            body=json.dumps(payload),
-            received_at=datetime.now(UTC) - age,
-        )
+        _, inserted = insert_event(conn, dataclasses.replace(row, received_at=datetime.now(UTC) - age))
+    assert inserted
     return delivery_id
+
+
+_message_ids = itertools.count(100)
 
 
 def count(engine: Engine) -> int:
@@ -198,17 +200,22 @@ def test_list_table_and_json(capsys, db_url: str, engine: Engine) -> None:
     second = store(engine, event="conversation_status_changed", conversation_id=8, age=timedelta(hours=1))
     third = store(engine, conversation_id=7, conn_id="other_conn")
 
+    # One connection's events by default (neoleads_default), every connection's on request.
     code, out, _ = run(capsys, "events", "list", "--db-url", db_url)
     assert code == 0
     lines = out.strip().splitlines()
     assert lines[0].split()[:4] == ["ID", "RECEIVED", "(UTC)", "CONN_ID"]
-    assert [line.split()[-1] for line in lines[1:]] == [third, second, first]
+    assert [line.split()[-1] for line in lines[1:]] == [second, first]
+    code, out, _ = run(capsys, "events", "list", "--db-url", db_url, "--all-connections")
+    assert code == 0
+    assert [line.split()[-1] for line in out.strip().splitlines()[1:]] == [third, second, first]
 
-    code, out, _ = run(capsys, "events", "list", "--db-url", db_url, "--json")
+    code, out, _ = run(capsys, "events", "list", "--db-url", db_url, "--json", "--all-connections")
     listed = json.loads(out)
     assert [item["delivery_id"] for item in listed] == [third, second, first]
     assert listed[0]["conversation_id"] == 7
     assert listed[0]["conn_id"] == "other_conn"
+    assert {item["conn_id"] for item in listed[1:]} == {"neoleads_default"}
     assert "payload" not in listed[0]
 
     def ids(*filters: str) -> list[str]:
@@ -216,13 +223,22 @@ def test_list_table_and_json(capsys, db_url: str, engine: Engine) -> None:
         assert code == 0
         return [item["delivery_id"] for item in json.loads(out)]
 
+    assert ids() == [second, first]
     assert ids("--conn-id", "other_conn") == [third]
+    assert ids("--conn-id", "nobody") == []
+    # --all-connections wins over --conn-id.
+    assert ids("--conn-id", "other_conn", "--all-connections") == [third, second, first]
     assert ids("--event", "conversation_status_changed") == [second]
-    assert ids("--conversation-id", "7") == [third, first]
-    assert ids("--since", "2h") == [third, second]
-    assert ids("--limit", "1") == [third]
-    assert ids("--since", (datetime.now(UTC) - timedelta(minutes=30)).isoformat()) == [third]
-    assert ids("--event", "nothing_like_it") == []
+    assert ids("--conversation-id", "7") == [first]
+    assert ids("--conversation-id", "7", "--all-connections") == [third, first]
+    assert ids("--since", "2h", "--all-connections") == [third, second]
+    assert ids("--since", "2h") == [second]
+    assert ids("--limit", "1", "--all-connections") == [third]
+    assert ids("--limit", "1") == [second]
+    assert ids("--since", (datetime.now(UTC) - timedelta(minutes=30)).isoformat(), "--all-connections") == [
+        third
+    ]
+    assert ids("--event", "nothing_like_it", "--all-connections") == []
 
 
 def test_list_empty(capsys, db_url: str, engine: Engine) -> None:
@@ -253,7 +269,35 @@ def test_show_a_numeric_delivery_id(capsys, db_url: str, engine: Engine) -> None
 def test_show_unknown(capsys, db_url: str, engine: Engine) -> None:
     code, _, err = run(capsys, "events", "show", "no-such-delivery", "--db-url", db_url)
     assert code == 1
-    assert "no stored event has id or delivery id 'no-such-delivery'" in err
+    assert "no stored event of connection 'neoleads_default' has id or delivery id 'no-such-delivery'" in err
+
+
+def test_show_is_scoped_to_a_connection(capsys, db_url: str, engine: Engine) -> None:
+    # A delivery id is unique per connection only: the same one can be stored for two connections.
+    store(engine, delivery_id="shared-delivery", content="ours")
+    store(engine, delivery_id="shared-delivery", content="theirs", conn_id="other_conn")
+    theirs_only = store(engine, content="only theirs", conn_id="other_conn")
+
+    def show(*argv: str) -> tuple[int, dict, str]:
+        code, out, err = run(capsys, "events", "show", *argv, "--db-url", db_url, "--json")
+        return code, (json.loads(out) if code == 0 else {}), err
+
+    code, shown, _ = show("shared-delivery")
+    assert (code, shown["conn_id"], shown["payload"]["content"]) == (0, "neoleads_default", "ours")
+    code, shown, _ = show("shared-delivery", "--conn-id", "other_conn")
+    assert (code, shown["conn_id"], shown["payload"]["content"]) == (0, "other_conn", "theirs")
+    theirs_id = shown["event_id"]
+
+    # Another connection's event is not found through this one, by delivery id or by event id.
+    code, _, err = show(theirs_only)
+    assert code == 1
+    assert f"no stored event of connection 'neoleads_default' has id or delivery id {theirs_only!r}" in err
+    code, _, err = show(str(theirs_id))
+    assert code == 1
+    assert "of connection 'neoleads_default'" in err
+    # An event id is unique across connections: --all-connections finds it.
+    code, shown, _ = show(str(theirs_id), "--all-connections")
+    assert (code, shown["event_id"], shown["conn_id"]) == (0, theirs_id, "other_conn")
 
 
 # --------------------------------------------------------------------------- purge
@@ -280,6 +324,7 @@ def test_purge_in_several_batches(capsys, db_url: str, engine: Engine) -> None:
     rows = [
         {
             "delivery_id": f"bulk-{i}",
+            "event_key": f"legacy:bulk-{i}",
             "conn_id": "c",
             "event": "message_created",
             "received_at": old,

@@ -7,8 +7,9 @@ import argparse
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from neoleads_provider.cli.events import db_error_text, http_url, positive_int
+from neoleads_provider.cli.events import http_url, positive_int
 from neoleads_provider.cli.inboxes import parse_inbox_id
+from neoleads_provider.store.errors import error_text as db_error_text
 
 
 def test_a_database_error_is_shown_as_its_type_and_the_drivers_first_line() -> None:

@@ -237,7 +237,7 @@ def test_serve_receives_a_send_test_delivery(tmp_path: Path) -> None:
     engine = get_engine(f"sqlite:///{db_path}")
     try:
         with engine.connect() as conn:
-            event = get_event(conn, delivery_id="served-1")
+            event = get_event(conn, conn_id=CONN, delivery_id="served-1")
         assert event is not None
         assert event.conversation_id == 12
         assert event.conn_id == CONN

@@ -180,9 +180,21 @@ def incoming_asset(deployment: Any) -> dict[str, Any]:
 
 
 def watcher_cursor(deployment: Any, asset_id: int) -> dict[str, Any] | None:
-    entries = deployment.api("GET", f"/api/v2/assets/{asset_id}/state-store")["asset_state_store"]
-    cursors = [entry["value"] for entry in entries if entry["key"].startswith("neoleads_event_cursor_")]
-    return cursors[0] if len(cursors) == 1 else None
+    """The auto-reply watcher's cursor, which it keeps in the event store (``neoleads_watch_cursor``)."""
+    from sqlalchemy import text
+
+    from neoleads_provider.store.engine import get_engine
+
+    with get_engine(deployment.db_url).connect() as conn:
+        try:
+            rows = conn.execute(
+                text(
+                    "SELECT state FROM neoleads_watch_cursor WHERE cursor_key LIKE 'neoleads_event_cursor_%'"
+                )
+            ).all()
+        except Exception:
+            return None  # the store has no schema yet: the receiver creates it on its first delivery
+    return json.loads(rows[0].state) if len(rows) == 1 else None
 
 
 def auto_reply_runs(deployment: Any) -> list[dict[str, Any]]:
@@ -395,7 +407,9 @@ def test_the_ui_shows_the_connection_form_the_params_form_and_the_extra_link(
     for number, secret in enumerate((*FORM_SECRETS, "not-a-secret-of-it")):
         headers = signed_headers(secret, body, timestamp=int(time.time()), delivery_id=f"form-{number}")
         status, answer = post(url, body, headers)
-        assert (status, answer.get("status")) == ((401, None) if number == 2 else (200, "stored")), answer
+        # The second copy of the same body (another path's delivery id) is acknowledged, not stored again.
+        expected = [(200, "stored"), (200, "duplicate"), (401, None)][number]
+        assert (status, answer.get("status")) == expected, answer
 
     runs = deployment.api("GET", "/api/v2/dags/neoleads_send_message/dagRuns")["dag_runs"]
     assert len(runs) == 1
@@ -478,3 +492,56 @@ def test_each_incoming_message_starts_the_auto_reply_dag_exactly_once(
         assert deployment.webhook_secret not in text, log.name
         assert deployment.admin_password not in text, log.name
         assert not any(secret in text for secret in FORM_SECRETS), log.name
+
+
+# -- 4. text the metadata database cannot hold never makes a sensor fail --------------------------------------
+
+
+def test_text_postgresql_cannot_hold_is_refused_and_never_fails_a_sensor(deployment: Any) -> None:
+    """NUL and lone surrogates: refused at the door, and neutralised in a row an older receiver stored.
+
+    The metadata database here is PostgreSQL, whose JSONB refuses ``\\u0000``: before the fix, the sensor's
+    XCom push failed on such a reply, and every retry matched the same reply again.
+    """
+    from neoleads_provider.events.build import sample_event
+    from neoleads_provider.store.engine import get_engine
+    from tests._helpers import new_event, store_payloads
+
+    sandbox = deployment.sandbox
+    run = deployment.api(
+        "POST", "/api/v2/dags/neoleads_wait_for_reply/dagRuns", {"logical_date": None, "conf": PARAMS}
+    )
+    run_id = run["dag_run_id"]
+    wait_until(
+        lambda: task_states(deployment, "neoleads_wait_for_reply", run_id)["wait_for_reply"] == "deferred",
+        timeout=120,
+        what="the sensor to defer",
+    )
+    conversation_id = xcom(
+        deployment, "neoleads_wait_for_reply", run_id, "create_conversation", "conversation_id"
+    )
+    question_id = xcom(deployment, "neoleads_wait_for_reply", run_id, "ask", "message_id")
+    poison = sample_event(
+        "message_created",
+        account_id=sandbox.account_id,
+        conversation_id=conversation_id,
+        message_id=question_id + 1000,
+        content="Yes\u0000 please \ud800",
+    )
+
+    # At the door: a signed delivery with such text is refused, naming the field, and not stored.
+    body = json.dumps(poison).encode()
+    headers = signed_headers(
+        deployment.webhook_secret, body, timestamp=int(time.time()), delivery_id="poison-1"
+    )
+    status, answer = post(deployment.webhook_url, body, headers)
+    assert status == 400, answer
+    assert "field 'content' holds a NUL character" in answer["detail"]
+
+    # A row stored before the receiver refused such text: the sensor returns it, neutralised.
+    assert new_event(poison).fields.content == "Yes\u0000 please \ud800"
+    store_payloads(get_engine(deployment.db_url), poison)
+    wait_for_run(deployment, "neoleads_wait_for_reply", run_id)
+    event = xcom(deployment, "neoleads_wait_for_reply", run_id, "wait_for_reply")
+    assert event["message_id"] == question_id + 1000
+    assert event["payload"]["content"] == "Yes\ufffd please \ufffd"

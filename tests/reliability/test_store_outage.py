@@ -206,20 +206,23 @@ def _wait_for(lines: list[str], needle: str, timeout: float, proc: subprocess.Po
 def test_deferred_sensor_waits_out_a_store_outage(
     throwaway_pg, receiver_factory, migrated_airflow_db, figures
 ):
-    receiver = receiver_factory(throwaway_pg.url)
+    # The DAG's sensor waits on neoleads_default, and only deliveries received for that connection match
+    # it: the receiver serves neoleads_default's endpoint too.
+    sensor_conn = {
+        "conn_type": "neoleads",
+        "host": "http://127.0.0.1:1",
+        "password": "unused",
+        "extra": {"account_id": 1, "webhook_secrets": [SECRET]},
+    }
+    receiver = receiver_factory(
+        throwaway_pg.url, env={"AIRFLOW_CONN_NEOLEADS_DEFAULT": json.dumps(sensor_conn)}
+    )
     receiver.start()
     conversation_id = random.randint(10_000, 99_999)
     env = os.environ.copy()
     env["AIRFLOW__NEOLEADS__EVENTS_DB_URL"] = throwaway_pg.url
     env["AIRFLOW__CORE__DAGS_FOLDER"] = str(HERE / "dag_files")
-    env["AIRFLOW_CONN_NEOLEADS_DEFAULT"] = json.dumps(
-        {
-            "conn_type": "neoleads",
-            "host": "http://127.0.0.1:1",
-            "password": "unused",
-            "extra": {"account_id": 1},
-        }
-    )
+    env["AIRFLOW_CONN_NEOLEADS_DEFAULT"] = json.dumps(sensor_conn)
 
     # Down before the task's first look: both the sensor's poke and the trigger's polls meet the outage.
     throwaway_pg.stop("immediate")
@@ -253,7 +256,9 @@ def test_deferred_sensor_waits_out_a_store_outage(
         for _ in range(100):
             headers = signed_headers(SECRET, body, timestamp=int(time.time()), delivery_id=delivery_id)
             try:
-                status = httpx.post(receiver.url(), content=body, headers=headers, timeout=5).status_code
+                status = httpx.post(
+                    receiver.url("neoleads_default"), content=body, headers=headers, timeout=5
+                ).status_code
             except httpx.TransportError:
                 status = None
             if status == 200:

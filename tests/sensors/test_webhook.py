@@ -30,7 +30,8 @@ except ImportError:  # Airflow 3.1 has them in airflow.exceptions only.
 from neoleads_provider.exceptions import NeoleadsConfigError, NeoleadsError
 from neoleads_provider.sensors.webhook import NeoleadsWebhookSensor
 from neoleads_provider.store.engine import dispose_engines, get_engine
-from neoleads_provider.store.migrate import EventStoreSchemaError, migrate
+from neoleads_provider.store.errors import EventStoreError, EventStoreSchemaError
+from neoleads_provider.store.migrate import migrate
 from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
 from tests._helpers import (
     free_port,
@@ -128,6 +129,36 @@ def test_only_matches_after_the_watermark_and_for_this_account(events_url):
     assert done.xcom_value["message_id"] == 104
 
 
+def test_only_deliveries_received_for_its_connection_match(events_url, monkeypatch):
+    use_connection(monkeypatch, "neoleads_b", host="http://127.0.0.1:9", password="b-token", account_id=1)
+    # Same account, same conversation, after the watermark: only the connection differs.
+    store_payloads(events_url, message_payload(101, content="sent to B"), conn_id="neoleads_b")
+    assert sensor(events_url).poke({}).is_done is False
+    done = sensor(events_url, neoleads_conn_id="neoleads_b").poke({})
+    assert done.is_done is True
+    assert (done.xcom_value["conn_id"], done.xcom_value["message_id"]) == ("neoleads_b", 101)
+    assert sensor(events_url).event_filter.conn_id == TEST_CONN_ID
+
+
+def test_a_deferred_sensor_waits_on_its_own_connection(events_url, monkeypatch):
+    use_connection(monkeypatch, "neoleads_b", host="http://127.0.0.1:9", password="b-token", account_id=1)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor(events_url, neoleads_conn_id="neoleads_b", deferrable=True).execute({})
+    _, kwargs = deferred.value.trigger.serialize()
+    assert (kwargs["neoleads_conn_id"], kwargs["event_filter"]["conn_id"]) == ("neoleads_b", "neoleads_b")
+
+
+def test_a_stored_row_with_text_xcom_cannot_hold_is_returned_neutralised(events_url):
+    """The receiver refuses NUL and lone surrogates now; a row an older receiver stored must not break pokes."""
+    store_payloads(events_url, message_payload(101, content="nul\x00 and lone \ud800 surrogate"))
+    done = sensor(events_url, content_pattern="surrogate").poke({})
+    assert done.is_done is True
+    assert done.xcom_value["payload"]["content"] == "nul\ufffd and lone \ufffd surrogate"
+    text = json.dumps(done.xcom_value, ensure_ascii=False)
+    text.encode("utf-8")
+    assert "\x00" not in text
+
+
 def test_filters_reach_the_store(events_url):
     store_payloads(
         events_url,
@@ -155,6 +186,8 @@ def test_deferrable_defers_to_the_trigger_then_completes(events_url):
     assert isinstance(trigger, NeoleadsWebhookTrigger)
     classpath, kwargs = trigger.serialize()
     assert classpath == "neoleads_provider.triggers.webhook.NeoleadsWebhookTrigger"
+    assert kwargs["neoleads_conn_id"] == TEST_CONN_ID
+    assert kwargs["event_filter"]["conn_id"] == TEST_CONN_ID
     assert kwargs["event_filter"]["account_id"] == 1
     assert kwargs["event_filter"]["conversation_id"] == 7
     assert kwargs["event_filter"]["after_message_id"] == 100
@@ -251,7 +284,7 @@ def test_templated_bad_values_fail_when_rendered(events_url):
 
 
 def test_the_connection_must_name_its_account(events_url, monkeypatch):
-    use_connection(monkeypatch, TEST_CONN_ID, host="http://127.0.0.1:9", password="t")
+    use_connection(monkeypatch, TEST_CONN_ID, host="http://127.0.0.1:9", password="t", account_id=None)
     with pytest.raises(NeoleadsConfigError, match="account_id"):
         sensor(events_url).poke({})
 
@@ -306,10 +339,9 @@ def test_a_store_that_was_never_migrated_says_how_to_fix_it(tmp_path):
 
 
 def test_a_bad_store_url_fails_instead_of_waiting_forever():
-    from sqlalchemy.exc import ArgumentError
-
-    with pytest.raises(ArgumentError):
+    with pytest.raises(EventStoreError, match="nosuchdb") as failed:
         sensor("nosuchdb://x/y").poke({})
+    assert failed.value.transient is False
 
 
 # -- poll_api: filling a lost delivery from the API ------------------------------------------------------

@@ -9,17 +9,17 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import select
 
+from neoleads_provider.events import EventFields
 from neoleads_provider.store.engine import get_engine
 from neoleads_provider.store.migrate import migrate
 from neoleads_provider.store.repository import (
     _INSERT_COLUMNS,
     NewEvent,
+    _insert_one_by_one,
     get_event,
-    insert_event_id,
     insert_events,
 )
 from neoleads_provider.store.schema import webhook_events
-from neoleads_provider.webhooks.payload import EventFields
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -78,29 +78,36 @@ def test_the_insert_lists_every_column_but_the_id() -> None:
 
 def test_batch_rows_read_back_like_rows_inserted_through_sqlalchemy(engine: Engine) -> None:
     with engine.begin() as conn:
-        single = [
-            insert_event_id(
-                conn, delivery_id=f"one-{n}", conn_id="c", fields=fields, body=body, received_at=received_at
-            )
-            for n, (fields, body, received_at) in enumerate(cases())
-        ]
-        batch = insert_events(
+        # The SQLAlchemy path: a compiled INSERT per row (what other databases get).
+        single = _insert_one_by_one(
             conn,
             [
-                NewEvent(f"many-{n}", "c", fields, body, received_at)
+                NewEvent("c", f"one-{n}", f"key-one-{n}", fields, body, received_at)
                 for n, (fields, body, received_at) in enumerate(cases())
             ],
         )
+        batch = insert_events(
+            conn,
+            [
+                NewEvent("c", f"many-{n}", f"key-many-{n}", fields, body, received_at)
+                for n, (fields, body, received_at) in enumerate(cases())
+            ],
+        )
+    assert len(single) == len(cases())
     assert all(inserted for _, inserted in batch)
     with engine.connect() as conn:
         for n, (fields, body, received_at) in enumerate(cases()):
-            one = get_event(conn, delivery_id=f"one-{n}")
-            many = get_event(conn, delivery_id=f"many-{n}")
+            one = get_event(conn, conn_id="c", delivery_id=f"one-{n}")
+            many = get_event(conn, conn_id="c", delivery_id=f"many-{n}")
             assert one is not None
             assert many is not None
-            assert one.id == single[n]
+            assert one.id == single[("c", f"one-{n}")]
             assert many.id == batch[n][0]
-            assert dataclasses.replace(many, id=one.id, delivery_id=one.delivery_id) == one
+            assert many.event_key == f"key-many-{n}"
+            assert (
+                dataclasses.replace(many, id=one.id, delivery_id=one.delivery_id, event_key=one.event_key)
+                == one
+            )
             assert many.body == body
             assert many.received_at == received_at.replace(tzinfo=received_at.tzinfo or UTC)
             assert many.received_at.tzinfo is not None
@@ -117,6 +124,6 @@ def test_batch_rows_read_back_like_rows_inserted_through_sqlalchemy(engine: Engi
     by_id = {row["delivery_id"]: dict(row) for row in rows}
     for n in range(len(cases())):
         one, many = by_id[f"one-{n}"], by_id[f"many-{n}"]
-        assert {k: v for k, v in many.items() if k not in ("id", "delivery_id")} == {
-            k: v for k, v in one.items() if k not in ("id", "delivery_id")
+        assert {k: v for k, v in many.items() if k not in ("id", "delivery_id", "event_key")} == {
+            k: v for k, v in one.items() if k not in ("id", "delivery_id", "event_key")
         }

@@ -12,24 +12,29 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import create_engine, delete, insert, select, text
 
+from neoleads_provider.events import EventFields
 from neoleads_provider.store import engine as engine_module
 from neoleads_provider.store.engine import dispose_engines, get_engine, get_events_db_url, safe_url
-from neoleads_provider.store.migrate import EventStoreSchemaError, check_schema, current_version, migrate
+from neoleads_provider.store.errors import EventStoreSchemaError
+from neoleads_provider.store.migrate import check_schema, current_version, migrate
 from neoleads_provider.store.repository import (
+    NewEvent,
     count_older_than,
     get_event,
     insert_event,
+    insert_events,
     last_received_at,
     list_events,
     purge_older_than,
 )
 from neoleads_provider.store.schema import SCHEMA_VERSION, schema_versions, webhook_events
-from neoleads_provider.webhooks.payload import EventFields
+from tests._helpers import message_payload, new_event
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+DEFAULT = "neoleads_default"
 
 
 pytestmark = pytest.mark.usefixtures("fresh_engines")
@@ -56,24 +61,57 @@ def fields(event: str = "message_created", **values: object) -> EventFields:
     return EventFields(event=event, **values)  # type: ignore[arg-type]
 
 
+def new(
+    delivery_id: str,
+    *,
+    conn_id: str = "c",
+    event_key: str | None = None,
+    event_fields: EventFields | None = None,
+    body: str = "{}",
+    received_at: datetime = T0,
+) -> NewEvent:
+    """A row to insert; its event key is its delivery id's unless given (each row a logical event of its own)."""
+    return NewEvent(
+        conn_id=conn_id,
+        delivery_id=delivery_id,
+        event_key=event_key or f"key:{delivery_id}",
+        fields=event_fields or fields(),
+        body=body,
+        received_at=received_at,
+    )
+
+
 def add(
     engine: Engine,
     delivery_id: str,
     *,
     received_at: datetime = T0,
-    conn_id: str = "neoleads_default",
+    conn_id: str = DEFAULT,
+    event_key: str | None = None,
     event_fields: EventFields | None = None,
     body: dict | None = None,
 ) -> bool:
     with engine.begin() as conn:
-        return insert_event(
+        _, inserted = insert_event(
             conn,
-            delivery_id=delivery_id,
-            conn_id=conn_id,
-            fields=event_fields or fields(),
-            body=json.dumps(body or {"event": "message_created"}),
-            received_at=received_at,
+            new(
+                delivery_id,
+                conn_id=conn_id,
+                event_key=event_key,
+                event_fields=event_fields,
+                body=json.dumps(body or {"event": "message_created"}),
+                received_at=received_at,
+            ),
         )
+    return inserted
+
+
+def rows(engine: Engine) -> list[tuple[str, str, str]]:
+    """Every stored row's (conn_id, delivery_id, event_key), oldest first."""
+    with engine.connect() as conn:
+        table = webhook_events.c
+        statement = select(table.conn_id, table.delivery_id, table.event_key).order_by(table.id)
+        return [tuple(row) for row in conn.execute(statement)]
 
 
 # --------------------------------------------------------------------------- engine
@@ -147,7 +185,7 @@ def test_migrate_keeps_existing_rows(engine: Engine) -> None:
     assert add(engine, "keep-me")
     migrate(engine)
     with engine.connect() as conn:
-        assert get_event(conn, delivery_id="keep-me") is not None
+        assert get_event(conn, conn_id=DEFAULT, delivery_id="keep-me") is not None
 
 
 def test_migrate_finishes_a_half_created_schema(db_url: str) -> None:
@@ -262,9 +300,15 @@ def test_insert_then_duplicate(engine: Engine) -> None:
         sender_type="contact",
     )
     assert add(engine, "d-1", event_fields=event_fields, body={"event": "message_created", "id": 4})
-    assert not add(engine, "d-1", event_fields=fields("conversation_created"), body={"event": "other"})
+    assert not add(
+        engine,
+        "d-1",
+        event_key="another-key",
+        event_fields=fields("conversation_created"),
+        body={"event": "other"},
+    )
     with engine.connect() as conn:
-        stored = get_event(conn, delivery_id="d-1")
+        stored = get_event(conn, conn_id=DEFAULT, delivery_id="d-1")
         assert stored is not None
         assert get_event(conn, stored.id) == stored
         assert conn.execute(select(webhook_events.c.id)).scalars().all() == [stored.id]
@@ -285,28 +329,133 @@ def test_insert_then_duplicate(engine: Engine) -> None:
         5,
     )
     assert (stored.message_type, stored.private, stored.sender_type) == ("incoming", False, "contact")
-    assert stored.conn_id == "neoleads_default"
+    assert stored.conn_id == DEFAULT
+    assert stored.event_key == "key:d-1"
 
 
 def test_duplicate_does_not_abort_the_transaction(engine: Engine) -> None:
     with engine.begin() as conn:
-        assert insert_event(conn, delivery_id="a", conn_id="c", fields=fields(), body="{}", received_at=T0)
-        assert not insert_event(
-            conn, delivery_id="a", conn_id="c", fields=fields(), body="{}", received_at=T0
-        )
+        first_id, inserted = insert_event(conn, new("a"))
+        assert inserted
+        assert insert_event(conn, new("a")) == (first_id, False)
         # On PostgreSQL a failed INSERT would poison the rest of the transaction; ON CONFLICT does not.
-        assert insert_event(conn, delivery_id="b", conn_id="c", fields=fields(), body="{}", received_at=T0)
-        assert get_event(conn, delivery_id="a") is not None
+        assert insert_event(conn, new("b"))[1]
+        assert get_event(conn, conn_id="c", delivery_id="a") is not None
     with engine.connect() as conn:
         assert {event.delivery_id for event in list_events(conn)} == {"a", "b"}
+
+
+def test_a_second_copy_of_a_logical_event_is_not_stored_again(engine: Engine) -> None:
+    # The same message_created reaches the receiver through the account webhook and the inbox's
+    # webhook_url, each copy with its own delivery id (and a replay may even change other bytes).
+    payload = message_payload(101, content="yes please")
+    first, second = (
+        new_event(payload, delivery_id="path-a"),
+        new_event({**payload, "content": "replayed"}, delivery_id="path-b"),
+    )
+    assert first.event_key == second.event_key == "message_created:1:101"
+    with engine.begin() as conn:
+        [(first_id, inserted)] = insert_events(conn, [first])
+    assert inserted
+    with engine.begin() as conn:
+        assert insert_events(conn, [second]) == [(first_id, False)]
+        assert insert_event(conn, second) == (first_id, False)
+    assert rows(engine) == [(DEFAULT, "path-a", first.event_key)]
+    with engine.connect() as conn:
+        stored = get_event(conn, first_id)
+        assert stored is not None
+        assert stored.payload["content"] == "yes please"  # the first copy wins
+        assert get_event(conn, conn_id=DEFAULT, delivery_id="path-b") is None
+
+
+def test_two_copies_of_a_logical_event_in_one_batch_store_one_row(engine: Engine) -> None:
+    payload = message_payload(202)
+    other = new_event(message_payload(203))
+    copies = [new_event(payload, delivery_id="copy-1"), other, new_event(payload, delivery_id="copy-2")]
+    with engine.begin() as conn:
+        outcomes = insert_events(conn, copies)
+    (first_id, first_inserted), (other_id, other_inserted), second = outcomes
+    assert (first_inserted, other_inserted) == (True, True)
+    assert second == (first_id, False)
+    assert other_id != first_id
+    assert rows(engine) == [
+        (DEFAULT, "copy-1", copies[0].event_key),
+        (DEFAULT, other.delivery_id, other.event_key),
+    ]
+
+
+def test_the_same_delivery_id_twice_in_one_batch(engine: Engine) -> None:
+    with engine.begin() as conn:
+        (first_id, inserted), again = insert_events(conn, [new("d"), new("d")])
+        assert inserted
+        assert again == (first_id, False)
+        # The same delivery id with another body in one batch is the caller's mistake.
+        with pytest.raises(ValueError, match="appears twice with different bodies"):
+            insert_events(conn, [new("e"), new("e", event_key="other")])
+    assert [delivery_id for _, delivery_id, _ in rows(engine)] == ["d"]
+
+
+def test_a_delivery_id_is_unique_per_connection_not_globally(engine: Engine) -> None:
+    # Deliberately changed in schema version 3: one connection's sender cannot claim (and so shadow) a
+    # delivery id another connection will receive.
+    payload = message_payload(303)
+    with engine.begin() as conn:
+        one = insert_event(conn, new_event(payload, conn_id="one", delivery_id="same-id"))
+        two = insert_event(conn, new_event(payload, conn_id="two", delivery_id="same-id"))
+    assert one[1] is True
+    assert two[1] is True
+    assert one[0] != two[0]
+    with engine.begin() as conn:
+        # A copy on each connection is a duplicate of that connection's row only.
+        assert insert_event(conn, new_event(payload, conn_id="two", delivery_id="same-id")) == (two[0], False)
+        assert insert_event(conn, new_event(payload, conn_id="one", delivery_id="same-id")) == (one[0], False)
+    assert sorted((conn_id, delivery_id) for conn_id, delivery_id, _ in rows(engine)) == [
+        ("one", "same-id"),
+        ("two", "same-id"),
+    ]
+
+
+def test_a_delivery_id_on_two_connections_in_one_batch(engine: Engine) -> None:
+    # The receiver's batches mix connections; a delivery id without X-Chatwoot-Delivery is the body's
+    # digest, so two connections receiving the same body in one batch share it.
+    payload = message_payload(303)
+    with engine.begin() as conn:
+        one = insert_event(conn, new_event(payload, conn_id="one", delivery_id="same-id"))
+        two = insert_event(conn, new_event(payload, conn_id="two", delivery_id="same-id"))
+    with engine.begin() as conn:
+        batch = insert_events(
+            conn,
+            [
+                new_event(message_payload(304), conn_id="one", delivery_id="batch-id"),
+                new_event(message_payload(304), conn_id="two", delivery_id="batch-id"),
+                new_event(payload, conn_id="two", delivery_id="same-id"),
+                new_event(payload, conn_id="one", delivery_id="same-id"),
+            ],
+        )
+    assert [inserted for _, inserted in batch] == [True, True, False, False]
+    assert batch[0][0] != batch[1][0]
+    assert batch[2] == (two[0], False)
+    assert batch[3] == (one[0], False)
+    with engine.connect() as conn:
+        # Each new row's id is its own connection's row.
+        for (event_id, _), conn_id in zip(batch[:2], ("one", "two"), strict=True):
+            stored = get_event(conn, event_id)
+            assert stored is not None
+            assert (stored.conn_id, stored.delivery_id) == (conn_id, "batch-id")
+    assert sorted((conn_id, delivery_id) for conn_id, delivery_id, _ in rows(engine)) == [
+        ("one", "batch-id"),
+        ("one", "same-id"),
+        ("two", "batch-id"),
+        ("two", "same-id"),
+    ]
 
 
 def test_uncommitted_insert_is_not_visible_after_rollback(engine: Engine) -> None:
     with engine.connect() as conn:
         with conn.begin() as transaction:
-            insert_event(conn, delivery_id="gone", conn_id="c", fields=fields(), body="{}", received_at=T0)
+            insert_event(conn, new("gone"))
             transaction.rollback()
-        assert get_event(conn, delivery_id="gone") is None
+        assert get_event(conn, conn_id="c", delivery_id="gone") is None
 
 
 def test_received_at_round_trips_as_aware_utc(engine: Engine) -> None:
@@ -314,8 +463,8 @@ def test_received_at_round_trips_as_aware_utc(engine: Engine) -> None:
     add(engine, "tz", received_at=local)
     add(engine, "naive", received_at=datetime(2026, 5, 1, 8, 0))
     with engine.connect() as conn:
-        stored = get_event(conn, delivery_id="tz")
-        naive = get_event(conn, delivery_id="naive")
+        stored = get_event(conn, conn_id=DEFAULT, delivery_id="tz")
+        naive = get_event(conn, conn_id=DEFAULT, delivery_id="naive")
     assert stored is not None
     assert naive is not None
     assert stored.received_at == local
@@ -326,11 +475,30 @@ def test_received_at_round_trips_as_aware_utc(engine: Engine) -> None:
 def test_get_event_missing_and_bad_arguments(engine: Engine) -> None:
     with engine.connect() as conn:
         assert get_event(conn, 999) is None
-        assert get_event(conn, delivery_id="nope") is None
+        assert get_event(conn, conn_id=DEFAULT, delivery_id="nope") is None
         with pytest.raises(ValueError, match="exactly one"):
             get_event(conn)
         with pytest.raises(ValueError, match="exactly one"):
             get_event(conn, 1, delivery_id="x")
+        # Delivery ids are unique per connection only: a lookup by one must say which connection.
+        with pytest.raises(ValueError, match="pass conn_id"):
+            get_event(conn, delivery_id="x")
+
+
+def test_get_event_is_scoped_to_its_connection(engine: Engine) -> None:
+    add(engine, "shared", conn_id="one", body={"event": "message_created", "who": "one"})
+    add(engine, "shared", conn_id="two", body={"event": "message_created", "who": "two"})
+    with engine.connect() as conn:
+        one = get_event(conn, conn_id="one", delivery_id="shared")
+        two = get_event(conn, conn_id="two", delivery_id="shared")
+        assert one is not None
+        assert two is not None
+        assert (one.payload["who"], two.payload["who"]) == ("one", "two")
+        assert get_event(conn, conn_id="three", delivery_id="shared") is None
+        # By id, conn_id is an extra condition.
+        assert get_event(conn, one.id, conn_id="one") == one
+        assert get_event(conn, one.id, conn_id="two") is None
+        assert get_event(conn, one.id) == one
 
 
 def test_to_xcom_is_json_safe(engine: Engine) -> None:
@@ -341,12 +509,27 @@ def test_to_xcom_is_json_safe(engine: Engine) -> None:
         body={"event": "message_created", "content": "hé"},
     )
     with engine.connect() as conn:
-        stored = get_event(conn, delivery_id="x")
+        stored = get_event(conn, conn_id=DEFAULT, delivery_id="x")
     assert stored is not None
     xcom = json.loads(json.dumps(stored.to_xcom()))
+    assert xcom["conn_id"] == DEFAULT
+    assert xcom["delivery_id"] == "x"
     assert xcom["conversation_id"] == 3
     assert xcom["payload"]["content"] == "hé"
     assert xcom["received_at"].startswith("2026-05-01T12:00:00")
+
+
+def test_to_xcom_neutralises_text_the_metadata_database_cannot_hold(engine: Engine) -> None:
+    # The receiver now refuses such bodies; a row stored before it did must still reach a DAG.
+    with engine.begin() as conn:
+        insert_event(conn, new("nul", body='{"event":"message_created","content":"a\\u0000b \\ud800"}'))
+    with engine.connect() as conn:
+        stored = get_event(conn, conn_id="c", delivery_id="nul")
+    assert stored is not None
+    assert stored.payload["content"] == "a\x00b \ud800"
+    xcom = stored.to_xcom()
+    assert xcom["payload"]["content"] == "a\ufffdb \ufffd"
+    json.dumps(xcom).encode("utf-8")
 
 
 # --------------------------------------------------------------------------- list
@@ -433,7 +616,7 @@ def test_purge_is_rolled_back_with_its_transaction(engine: Engine) -> None:
         with conn.begin() as transaction:
             assert purge_older_than(conn, T0 + timedelta(days=1)) == 1
             transaction.rollback()
-        assert get_event(conn, delivery_id="old") is not None
+        assert get_event(conn, conn_id=DEFAULT, delivery_id="old") is not None
 
 
 def test_last_received_at(engine: Engine) -> None:

@@ -1,8 +1,8 @@
 """NeoleadsEventTrigger: serialization, the cursor, and run() against real SQLite and PostgreSQL stores.
 
-The asset state store is Airflow's own ``AssetStateStoreAccessors`` (3.3+); only the triggerer's channel to
-its supervisor (``SUPERVISOR_COMMS``), which needs a running triggerer, is replaced by a small in-memory one
-that answers the same messages. The deployment test runs the trigger in a real triggerer.
+``run()`` is the watcher's own poll loop: what Airflow 3.1/3.2 run (3.3+ run the shared-stream producer,
+tests/triggers/test_event_stream.py). Its cursor lives in the event store (``neoleads_watch_cursor``) and is
+read back here with the store's own ``load_watch_cursor``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from sqlalchemy import create_engine
 
 from neoleads_provider.store.engine import get_engine
 from neoleads_provider.store.migrate import migrate
+from neoleads_provider.store.queries import load_watch_cursor, save_watch_cursor
 from neoleads_provider.store.repository import insert_event
-from neoleads_provider.store.schema import webhook_events
+from neoleads_provider.triggers import event_watch
 from neoleads_provider.triggers import events as events_module
-from neoleads_provider.triggers.events import CursorState, NeoleadsEventTrigger
-from neoleads_provider.webhooks.payload import extract_event_fields
-from tests._helpers import message_payload, store_payloads
+from neoleads_provider.triggers.event_watch import CursorState
+from neoleads_provider.triggers.events import NeoleadsEventTrigger
+from tests._helpers import insert_with_id, new_event, store_payloads
+from tests._helpers import message_payload as message
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -34,11 +36,6 @@ CLASSPATH = "neoleads_provider.triggers.events.NeoleadsEventTrigger"
 pytestmark = pytest.mark.usefixtures("fresh_engines")
 
 
-def message(message_id: int, **fields: Any) -> dict[str, Any]:
-    """A message saying "hi" in this module's conversation, 7001, unless ``fields`` say otherwise."""
-    return message_payload(message_id, **{"conversation_id": 7001, "content": "hi", **fields})
-
-
 @pytest.fixture
 def pg_events_url(pg_schema_url: str) -> str:
     """A migrated event store in a PostgreSQL schema of the test's own."""
@@ -46,64 +43,9 @@ def pg_events_url(pg_schema_url: str) -> str:
     return pg_schema_url
 
 
-# -- Airflow's asset state store, with the triggerer's supervisor channel in memory -------------------------
-
-
-class FakeSupervisorComms:
-    """Answers the asset-state-store messages the way the triggerer's supervisor does, from a dict."""
-
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, str], Any] = {}
-        self.fail = False
-
-    async def asend(self, msg: Any) -> Any:
-        from airflow.sdk.exceptions import ErrorType
-        from airflow.sdk.execution_time.comms import AssetStateStoreResult, ErrorResponse, OKResponse
-
-        if self.fail:
-            raise ConnectionError("supervisor went away")
-        if msg.type == "GetAssetStateStoreByName":
-            if (msg.name, msg.key) not in self.values:
-                return ErrorResponse(error=ErrorType.ASSET_STORE_NOT_FOUND)
-            return AssetStateStoreResult(value=self.values[(msg.name, msg.key)])
-        if msg.type == "SetAssetStateStoreByName":
-            # The supervisor stores JSON text; a round trip catches values that are not JSON.
-            self.values[(msg.name, msg.key)] = json.loads(json.dumps(msg.value))
-            return OKResponse(ok=True)
-        raise AssertionError(f"unexpected message {msg!r}")
-
-    def send(self, msg: Any) -> Any:
-        raise AssertionError("the trigger must not block the event loop with a synchronous send")
-
-
-@pytest.fixture
-def comms(monkeypatch: pytest.MonkeyPatch) -> FakeSupervisorComms:
-    try:
-        from airflow.sdk.execution_time.context import AssetStateStoreAccessors  # noqa: F401
-    except ImportError:
-        pytest.skip(
-            "Airflow before 3.3 has no asset state store (the trigger keeps its cursor in memory there)"
-        )
-    from airflow.sdk.execution_time import task_runner
-
-    fake = FakeSupervisorComms()
-    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", fake, raising=False)
-    return fake
-
-
-def state_store(*asset_names: str) -> Any:
-    """What the triggerer injects into a watcher's trigger: accessors for the watched assets."""
-    from airflow.sdk import Asset
-    from airflow.sdk.execution_time.context import AssetStateStoreAccessors
-
-    return AssetStateStoreAccessors(inlets=[Asset(name=name) for name in asset_names or ("incoming",)])
-
-
-def make(url: str, store_=None, **kwargs: Any) -> NeoleadsEventTrigger:
+def make(url: str, **kwargs: Any) -> NeoleadsEventTrigger:
     kwargs.setdefault("poll_interval", 0.05)
-    trig = NeoleadsEventTrigger(events_db_url=url, **kwargs)
-    trig.asset_state_store = store_
-    return trig
+    return NeoleadsEventTrigger(events_db_url=url, **kwargs)
 
 
 class Running:
@@ -160,14 +102,26 @@ def message_ids(fired: list[dict[str, Any]]) -> list[int]:
     return [event["message_id"] for event in fired]
 
 
-def saved_cursor(comms: FakeSupervisorComms, trig: NeoleadsEventTrigger, asset: str = "incoming") -> Any:
-    return comms.values.get((asset, trig.cursor_key))
+def saved_cursor(trig: NeoleadsEventTrigger) -> CursorState | None:
+    value = load_watch_cursor(trig.events_db_url, trig.cursor_key)
+    return None if value is None else CursorState.from_json(value)
+
+
+async def wait_for_cursor(trig: NeoleadsEventTrigger, check: Any, timeout: float = 5) -> CursorState:
+    deadline = time.monotonic() + timeout
+    while True:
+        cursor = saved_cursor(trig)
+        if cursor is not None and check(cursor):
+            return cursor
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the saved cursor never got there: {cursor}")
+        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
 def quick_save(monkeypatch: pytest.MonkeyPatch) -> float:
     """Fired ids are saved this soon after they were yielded (5 s in production)."""
-    monkeypatch.setattr(events_module, "CURSOR_SAVE_DELAY", 0.1)
+    monkeypatch.setattr(event_watch, "CURSOR_SAVE_DELAY", 0.1)
     return 0.1
 
 
@@ -176,6 +130,7 @@ def quick_save(monkeypatch: pytest.MonkeyPatch) -> float:
 
 def test_serialization_round_trip():
     trig = NeoleadsEventTrigger(
+        neoleads_conn_id="neoleads_sales",
         events=["message_created", "conversation_created"],
         account_id=1,
         inbox_id=2,
@@ -190,6 +145,7 @@ def test_serialization_round_trip():
     classpath, kwargs = trig.serialize()
     assert classpath == CLASSPATH
     assert kwargs == {
+        "neoleads_conn_id": "neoleads_sales",
         "events": ["message_created", "conversation_created"],
         "account_id": 1,
         "inbox_id": 2,
@@ -207,11 +163,13 @@ def test_serialization_round_trip():
     }
     assert json.loads(json.dumps(kwargs)) == kwargs
     assert NeoleadsEventTrigger(**kwargs).serialize() == (classpath, kwargs)
+    assert trig.event_filter.conn_id == "neoleads_sales"
 
 
-def test_the_defaults_watch_incoming_public_messages_from_the_end():
+def test_the_defaults_watch_incoming_public_messages_of_the_default_connection_from_the_end():
     trig = NeoleadsEventTrigger()
     _, kwargs = trig.serialize()
+    assert kwargs["neoleads_conn_id"] == "neoleads_default"
     assert kwargs["events"] == ["message_created"]
     assert kwargs["message_types"] == ["incoming"]
     assert kwargs["include_private"] is False
@@ -229,7 +187,7 @@ def test_an_asset_watcher_accepts_it():
     assert asset.watchers[0].trigger is trig
 
 
-def test_cursor_key_follows_the_filter_and_store_not_the_timing():
+def test_cursor_key_follows_the_connection_filter_and_store_not_the_timing():
     base = NeoleadsEventTrigger(inbox_id=1, events_db_url="postgresql+psycopg://u:pw1@db/x")
     assert (
         base.cursor_key
@@ -250,6 +208,12 @@ def test_cursor_key_follows_the_filter_and_store_not_the_timing():
         base.cursor_key
         != NeoleadsEventTrigger(inbox_id=1, events_db_url="postgresql+psycopg://u:pw1@db/y").cursor_key
     )
+    assert (
+        base.cursor_key
+        != NeoleadsEventTrigger(
+            neoleads_conn_id="neoleads_other", inbox_id=1, events_db_url="postgresql+psycopg://u:pw1@db/x"
+        ).cursor_key
+    )
     assert NeoleadsEventTrigger(cursor_key="mine").cursor_key == "mine"
 
 
@@ -257,6 +221,35 @@ def test_repr_hides_the_database_password():
     trig = NeoleadsEventTrigger(events_db_url="postgresql+psycopg://u:s3cret-pw@db/neoleads")
     assert "s3cret-pw" not in repr(trig)
     assert "db/neoleads" in repr(trig)
+
+
+def test_a_misspelt_argument_is_an_error_not_swallowed_by_the_base_class():
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['inbox'\\]"):
+        NeoleadsEventTrigger(inbox=1)
+
+
+def test_base_class_arguments_pass_through_and_round_trip(monkeypatch: pytest.MonkeyPatch):
+    """Airflow 3.4's ``BaseEventTrigger.__init__(*, queue=None, **kwargs)``: queue goes to the base class."""
+    received: dict[str, Any] = {}
+    base_init = events_module.BaseEventTrigger.__init__
+
+    def init_with_queue(self: Any, *, queue: str | None = None, **kwargs: Any) -> None:
+        received["queue"] = queue
+        base_init(self, **kwargs)
+
+    monkeypatch.setattr(events_module.BaseEventTrigger, "__init__", init_with_queue)
+    events_module._base_keywords.cache_clear()
+    try:
+        trig = NeoleadsEventTrigger(queue="watchers")
+        assert received == {"queue": "watchers"}
+        classpath, kwargs = trig.serialize()
+        assert kwargs["queue"] == "watchers"
+        assert NeoleadsEventTrigger(**kwargs).serialize() == (classpath, kwargs)
+        # Unset, it is not serialized: the trigger's identity is the same on every Airflow version.
+        assert "queue" not in NeoleadsEventTrigger().serialize()[1]
+    finally:
+        monkeypatch.undo()
+        events_module._base_keywords.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -272,6 +265,7 @@ def test_repr_hides_the_database_password():
         ({"settle_seconds": -1}, "settle_seconds must be a positive number"),
         ({"cursor_key": ""}, "cursor_key must be"),
         ({"events_db_url": " "}, "events_db_url must be"),
+        ({"neoleads_conn_id": ""}, "conn_id must be"),
     ],
 )
 def test_bad_arguments_fail_when_the_dag_is_parsed(kwargs, message_text):
@@ -303,17 +297,23 @@ def test_cursor_state_from_saved_values(value, expected):
     assert CursorState.from_json(value) == expected
 
 
-# -- run(): the asset state store ---------------------------------------------------------------------------
+def test_only_handed_over_ids_are_saved_and_settled(quick_save):
+    now = time.monotonic()
+    state = CursorState(after_id=10, fired={11: None, 12: now, 13: now - 1})
+    assert state.to_json(now=now)["fired"] == [11, 13]
 
 
-async def test_first_start_begins_at_the_end_and_fires_each_new_match_once(events_url, comms, quick_save):
+# -- run(): the cursor in the event store ---------------------------------------------------------------------
+
+
+async def test_first_start_begins_at_the_end_and_fires_each_new_match_once(events_url, quick_save):
     old = store_payloads(events_url, message(90001), message(90002))
-    trig = make(events_url, state_store(), inbox_id=1)
+    trig = make(events_url, inbox_id=1)
     async with Running(trig) as running:
         await running.settle(0.2)
         assert running.fired == []
         # The start is saved at once, so a restart before the first event starts from the same place.
-        assert CursorState.from_json(saved_cursor(comms, trig)) == CursorState(after_id=old[-1])
+        assert saved_cursor(trig) == CursorState(after_id=old[-1])
 
         store_payloads(
             events_url,
@@ -329,8 +329,9 @@ async def test_first_start_begins_at_the_end_and_fires_each_new_match_once(event
     assert message_ids(running.fired) == [90003, 90007]
     first = fired[0]
     assert first["source"] == "webhook"
+    assert first["conn_id"] == "neoleads_default"
     assert first["event"] == "message_created"
-    assert (first["account_id"], first["inbox_id"], first["conversation_id"]) == (1, 1, 7001)
+    assert (first["account_id"], first["inbox_id"], first["conversation_id"]) == (1, 1, 7)
     assert first["message_type"] == "incoming"
     assert first["payload"]["content"] == "first"
     assert first["payload"]["sender"]["name"] == "Ada"
@@ -339,24 +340,44 @@ async def test_first_start_begins_at_the_end_and_fires_each_new_match_once(event
     assert json.loads(json.dumps(fired)) == fired
 
 
+async def test_events_of_another_connection_never_fire(events_url, quick_save):
+    """Two connections, one store: each watcher fires its own connection's deliveries only."""
+    store_payloads(events_url, message(90400), conn_id="neoleads_sales")
+    store_payloads(events_url, message(90401), conn_id="neoleads_default")
+    sales = make(events_url, neoleads_conn_id="neoleads_sales")
+    default = make(events_url)
+    async with Running(sales) as running_sales, Running(default) as running_default:
+        await running_sales.settle(0.2)
+        # "end" is the newest event of the watcher's own connection.
+        assert saved_cursor(sales).after_id < saved_cursor(default).after_id
+        # The same message id on two connections: two stored events, one per connection.
+        store_payloads(events_url, message(90402, content="for default"), conn_id="neoleads_default")
+        store_payloads(events_url, message(90402, content="for sales"), conn_id="neoleads_sales")
+        store_payloads(events_url, message(90403, content="for default"), conn_id="neoleads_default")
+        await running_sales.wait_for(1)
+        await running_default.wait_for(2)
+        await running_sales.settle()
+    assert [(e["message_id"], e["payload"]["content"]) for e in running_sales.fired] == [(90402, "for sales")]
+    assert {e["conn_id"] for e in running_sales.fired} == {"neoleads_sales"}
+    assert message_ids(running_default.fired) == [90402, 90403]
+    assert {e["conn_id"] for e in running_default.fired} == {"neoleads_default"}
+
+
 async def test_a_restarted_trigger_never_refires_and_catches_up_on_what_came_while_down(
-    events_url, comms, quick_save
+    events_url, quick_save
 ):
-    states = state_store()
-    async with Running(make(events_url, states)) as running:
+    async with Running(make(events_url)) as running:
         await running.settle(0.1)
         store_payloads(events_url, message(90010, content="before the restart"))
         await running.wait_for(1)
+        first_id = running.fired[0]["event_id"]
         # Saved only once the fired id is past the hand-over delay.
-        await running.settle(quick_save + 0.2)
-    cursor = CursorState.from_json(saved_cursor(comms, running.trigger))
-    assert cursor is not None
-    assert cursor.fired.keys() | {cursor.after_id} >= {running.fired[0]["event_id"]}
+        await wait_for_cursor(running.trigger, lambda c: c.is_done(first_id))
 
     # Stored while no triggerer ran.
     store_payloads(events_url, message(90011, content="while down"))
     # A new instance (a new triggerer process) with the same filter: the same cursor key.
-    async with Running(make(events_url, state_store())) as restarted:
+    async with Running(make(events_url)) as restarted:
         await restarted.wait_for(1)
         store_payloads(events_url, message(90012, content="after the restart"))
         await restarted.wait_for(2)
@@ -364,82 +385,62 @@ async def test_a_restarted_trigger_never_refires_and_catches_up_on_what_came_whi
     assert message_ids(restarted.fired) == [90011, 90012]
 
 
-async def test_an_event_not_yet_handed_over_fires_again_after_a_crash(events_url, comms, monkeypatch):
+async def test_an_event_not_yet_handed_over_fires_again_after_a_crash(events_url, monkeypatch):
     """At-least-once in the crash window: a fired id is saved only CURSOR_SAVE_DELAY after it fired."""
-    monkeypatch.setattr(events_module, "CURSOR_SAVE_DELAY", 60.0)
-    async with Running(make(events_url, state_store())) as running:
+    monkeypatch.setattr(event_watch, "CURSOR_SAVE_DELAY", 60.0)
+    async with Running(make(events_url)) as running:
         await running.settle(0.1)
         store_payloads(events_url, message(90020))
         await running.wait_for(1)
         await running.settle()
-    cursor = CursorState.from_json(saved_cursor(comms, running.trigger))
+    cursor = saved_cursor(running.trigger)
     assert cursor is not None
     assert cursor.fired == {}
-    async with Running(make(events_url, state_store())) as restarted:
+    assert not cursor.is_done(running.fired[0]["event_id"])
+    async with Running(make(events_url)) as restarted:
         await restarted.wait_for(1)
         await restarted.settle()
     assert message_ids(restarted.fired) == [90020]
 
 
 @pytest.mark.parametrize(("after_first", "expected"), [(False, [90030, 90031]), (True, [90031])])
-async def test_start_from_on_the_very_first_start(events_url, comms, after_first, expected):
+async def test_start_from_on_the_very_first_start(events_url, after_first, expected):
     ids = store_payloads(events_url, message(90030), message(90031))
-    trig = make(events_url, state_store(), start_from=ids[0] if after_first else "beginning")
+    trig = make(events_url, start_from=ids[0] if after_first else "beginning")
     async with Running(trig) as running:
         await running.wait_for(len(expected))
         await running.settle()
     assert message_ids(running.fired) == expected
 
 
-async def test_the_cursor_can_be_rewound_by_hand(events_url, comms):
+async def test_the_cursor_can_be_rewound_by_hand(events_url):
     ids = store_payloads(events_url, message(90040), message(90041), message(90042))
-    trig = make(events_url, state_store())
-    # What an operator does through the REST API: PUT the state-store key to a bare event id.
-    comms.values[("incoming", trig.cursor_key)] = ids[0]
+    trig = make(events_url)
+    # What an operator does: set the cursor row to a bare event id.
+    save_watch_cursor(events_url, trig.cursor_key, ids[0])
     async with Running(trig) as running:
         await running.wait_for(2)
         await running.settle()
     assert message_ids(running.fired) == [90041, 90042]
 
 
-async def test_a_saved_value_that_is_not_a_cursor_is_ignored_and_logged(events_url, comms, caplog):
+async def test_a_saved_value_that_is_not_a_cursor_is_ignored_and_logged(events_url, caplog, capsys):
     store_payloads(events_url, message(90050))
-    trig = make(events_url, state_store())
-    comms.values[("incoming", trig.cursor_key)] = {"after_id": "yesterday"}
-    with caplog.at_level(logging.ERROR, logger="neoleads_provider.triggers.events"):
+    trig = make(events_url)
+    save_watch_cursor(events_url, trig.cursor_key, {"after_id": "yesterday"})
+    with caplog.at_level(logging.ERROR):
         async with Running(trig) as running:
             await running.settle(0.3)
     assert running.fired == []
-    assert "not a cursor" in caplog.text
-    assert CursorState.from_json(saved_cursor(comms, trig)) is not None
-
-
-async def test_one_trigger_on_two_assets_keeps_its_cursor_in_both(events_url, comms, quick_save):
-    trig = make(events_url, state_store("orders", "support"))
-    async with Running(trig) as running:
-        await running.settle(0.1)
-        store_payloads(events_url, message(90060))
-        await running.wait_for(1)
-        await running.settle(quick_save + 0.2)
-    assert saved_cursor(comms, trig, "orders") == saved_cursor(comms, trig, "support") is not None
-
-
-async def test_it_waits_for_the_state_store_instead_of_guessing(events_url, comms):
-    store_payloads(events_url, message(90070))
-    comms.fail = True
-    async with Running(make(events_url, state_store(), start_from="beginning")) as running:
-        await running.settle(0.3)
-        assert running.fired == []
-        comms.fail = False
-        await running.wait_for(1, timeout=15)
-    assert message_ids(running.fired) == [90070]
+    assert "not a cursor" in logged(caplog, capsys)
+    assert saved_cursor(trig) is not None
 
 
 # -- run(): the store ---------------------------------------------------------------------------------------
 
 
-async def test_content_pattern_and_event_names(events_url, comms):
-    trig = make(events_url, state_store(), events=["message_created"], content_pattern=r"(?i)\bprice\b")
+async def test_content_pattern_and_event_names(events_url):
+    trig = make(events_url, events=["message_created"], content_pattern=r"(?i)\bprice\b")
     async with Running(trig) as running:
         await running.settle(0.1)
         store_payloads(
@@ -450,21 +451,22 @@ async def test_content_pattern_and_event_names(events_url, comms):
     assert message_ids(running.fired) == [90081]
 
 
-async def test_a_store_without_schema_yet_is_an_empty_store(tmp_path, comms):
+async def test_a_store_without_schema_yet_is_an_empty_store(tmp_path):
     url = f"sqlite:///{tmp_path / 'not-yet.db'}"
-    trig = make(url, state_store())
+    trig = make(url)
     async with Running(trig) as running:
         await running.settle(0.2)
-        assert CursorState.from_json(saved_cursor(comms, trig)) == CursorState(after_id=0)
         # The receiver creates the schema on its first delivery.
         migrate(get_engine(url))
+        # The start (the empty store's end) is saved as soon as there is a table for it.
+        assert await wait_for_cursor(trig, lambda c: True) == CursorState(after_id=0)
         store_payloads(url, message(90090))
         await running.wait_for(1)
     assert message_ids(running.fired) == [90090]
 
 
-async def test_an_unreachable_store_is_waited_out_without_ending_the_watcher(comms, caplog, capsys):
-    trig = make("postgresql+psycopg://u:p@127.0.0.1:1/nothing", state_store())
+async def test_an_unreachable_store_is_waited_out_without_ending_the_watcher(caplog, capsys):
+    trig = make("postgresql+psycopg://u:p@127.0.0.1:1/nothing")
     with caplog.at_level(logging.WARNING):
         async with Running(trig) as running:
             await running.settle(0.5)
@@ -472,71 +474,45 @@ async def test_an_unreachable_store_is_waited_out_without_ending_the_watcher(com
     assert "cannot place its cursor yet" in logged(caplog, capsys)
 
 
-async def test_late_commits_below_the_newest_fired_id_still_fire_once(events_url, comms, quick_save):
+async def test_late_commits_below_the_newest_fired_id_still_fire_once(events_url, quick_save):
     """A row whose id is smaller than one already fired (it committed later) fires too, exactly once."""
     start = store_payloads(events_url, message(90100))[0]
-    trig = make(events_url, state_store(), settle_seconds=0.5)
+    trig = make(events_url, settle_seconds=0.5)
     async with Running(trig) as running:
         await running.settle(0.1)
         late_id = start + 1
         with get_engine(events_url).begin() as conn:
             # The receiver that took id late_id has not committed yet; a later one already has.
-            body = message(90102, content="committed first")
-            conn.execute(
-                webhook_events.insert().values(
-                    id=start + 2,
-                    delivery_id="second",
-                    conn_id="neoleads_default",
-                    **extract_event_fields(body).as_columns(),
-                    received_at=datetime.now(UTC),
-                    body=json.dumps(body),
-                )
+            insert_with_id(
+                conn, start + 2, message(90102, content="committed first"), received_at=datetime.now(UTC)
             )
         await running.wait_for(1)
         with get_engine(events_url).begin() as conn:
-            body = message(90101, content="committed late")
-            conn.execute(
-                webhook_events.insert().values(
-                    id=late_id,
-                    delivery_id="first",
-                    conn_id="neoleads_default",
-                    **extract_event_fields(body).as_columns(),
-                    received_at=datetime.now(UTC) - timedelta(seconds=0.2),
-                    body=json.dumps(body),
-                )
+            insert_with_id(
+                conn,
+                late_id,
+                message(90101, content="committed late"),
+                received_at=datetime.now(UTC) - timedelta(seconds=0.2),
             )
         await running.wait_for(2)
         # Both settle: the watermark passes them and the saved cursor no longer lists them.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            cursor = CursorState.from_json(saved_cursor(comms, trig))
-            if cursor is not None and cursor.after_id == start + 2:
-                break
-            await asyncio.sleep(0.05)
+        cursor = await wait_for_cursor(trig, lambda c: c.after_id == start + 2)
         await running.settle()
     assert message_ids(running.fired) == [90102, 90101]
     assert cursor == CursorState(after_id=start + 2)
 
 
 @pytest.mark.postgres
-async def test_postgresql_concurrent_receivers_commit_out_of_order(pg_events_url, comms, quick_save):
+async def test_postgresql_concurrent_receivers_commit_out_of_order(pg_events_url, quick_save):
     """Two real transactions: the one holding the smaller id commits after the larger one was fired."""
-    trig = make(pg_events_url, state_store())
+    trig = make(pg_events_url)
     slow = create_engine(pg_events_url)
     try:
         async with Running(trig) as running:
             await running.settle(0.2)
             with slow.connect() as slow_conn:
                 slow_tx = slow_conn.begin()
-                body = message(90201, content="slow receiver")
-                insert_event(
-                    slow_conn,
-                    delivery_id="slow",
-                    conn_id="neoleads_default",
-                    fields=extract_event_fields(body),
-                    body=json.dumps(body),
-                    received_at=datetime.now(UTC),
-                )
+                insert_event(slow_conn, new_event(message(90201, content="slow receiver")))
                 store_payloads(pg_events_url, message(90202, content="fast receiver"))
                 await running.wait_for(1)
                 slow_tx.commit()
@@ -547,21 +523,3 @@ async def test_postgresql_concurrent_receivers_commit_out_of_order(pg_events_url
     fired = running.fired
     assert message_ids(fired) == [90202, 90201]
     assert fired[1]["event_id"] < fired[0]["event_id"]
-
-
-# -- run(): without a state store (Airflow before 3.3) --------------------------------------------------------
-
-
-async def test_without_a_state_store_every_start_is_at_the_end(events_url, caplog, capsys):
-    store_payloads(events_url, message(90300))
-    with caplog.at_level(logging.WARNING):
-        async with Running(make(events_url, None, start_from="beginning")) as running:
-            await running.settle(0.2)
-            store_payloads(events_url, message(90301))
-            await running.wait_for(1)
-            await running.settle()
-    assert message_ids(running.fired) == [90301]
-    assert "needs a durable cursor" in logged(caplog, capsys)
-    async with Running(make(events_url, None)) as restarted:
-        await restarted.settle(0.3)
-    assert restarted.fired == []

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from neoleads_provider.events.filter import EventFilter
 from neoleads_provider.store.engine import dispose_engines, get_engine
-from neoleads_provider.store.matching import EventFilter
 from neoleads_provider.store.migrate import migrate
 from neoleads_provider.triggers import webhook as trigger_module
 from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
@@ -61,7 +61,11 @@ async def first_event(trig: NeoleadsWebhookTrigger, timeout: float = 10) -> dict
 def test_serialization():
     kwargs = {
         "event_filter": EventFilter(
-            account_id=1, conversation_id=7, after_message_id=100, content_pattern="(?i)yes"
+            conn_id="neoleads_other",
+            account_id=1,
+            conversation_id=7,
+            after_message_id=100,
+            content_pattern="(?i)yes",
         ).to_dict(),
         "neoleads_conn_id": "neoleads_other",
         "events_db_url": "postgresql+psycopg://u:p@db/neoleads",
@@ -94,6 +98,30 @@ def test_serialization_defaults_and_normalised_filter():
         "end_time": None,
     }
     assert NeoleadsWebhookTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+def test_a_filter_without_a_connection_belongs_to_the_triggers():
+    """A filter serialised before filters named their connection waits on the trigger's connection."""
+    trig = NeoleadsWebhookTrigger(
+        event_filter={"conversation_id": 7, "account_id": 1}, neoleads_conn_id="neoleads_other"
+    )
+    _, kwargs = trig.serialize()
+    assert kwargs["event_filter"]["conn_id"] == "neoleads_other"
+    assert (
+        kwargs["event_filter"]
+        == EventFilter(conn_id="neoleads_other", account_id=1, conversation_id=7).to_dict()
+    )
+    assert NeoleadsWebhookTrigger(**kwargs).serialize() == trig.serialize()
+
+
+def test_a_filter_for_another_connection_is_refused():
+    with pytest.raises(ValueError, match=r"'neoleads_a'.*'neoleads_b'"):
+        NeoleadsWebhookTrigger(
+            event_filter=EventFilter(conn_id="neoleads_a", conversation_id=7).to_dict(),
+            neoleads_conn_id="neoleads_b",
+        )
+    with pytest.raises(ValueError, match="neoleads_default"):
+        NeoleadsWebhookTrigger(event_filter=FILTER.to_dict(), neoleads_conn_id="neoleads_other")
 
 
 def test_repr_hides_the_database_password():
@@ -162,6 +190,21 @@ async def test_run_fires_at_once_for_a_reply_already_stored(events_url):
     store_payloads(events_url, message_payload(101, content="early bird"))
     event = await first_event(trigger(events_url, poll_interval=30))
     assert event["event"]["payload"]["content"] == "early bird"
+    assert event["event"]["conn_id"] == "neoleads_default"
+
+
+async def test_run_never_fires_for_a_reply_received_for_another_connection(events_url, looks):
+    store_payloads(events_url, message_payload(101, content="sent to B"), conn_id="neoleads_b")
+    end = time.time() + 0.3
+    event = await first_event(trigger(events_url, end_time=end))
+    assert event["status"] == "timeout"
+    # The same row answers a trigger of the connection it was received for.
+    own = trigger(
+        events_url, event_filter={**FILTER.to_dict(), "conn_id": "neoleads_b"}, neoleads_conn_id="neoleads_b"
+    )
+    found = await first_event(own)
+    assert found["status"] == "success"
+    assert (found["event"]["conn_id"], found["event"]["payload"]["content"]) == ("neoleads_b", "sent to B")
 
 
 async def test_run_yields_a_timeout_event_at_the_end_time(events_url, looks):
@@ -279,7 +322,10 @@ async def test_poll_api_ends_with_an_error_when_the_conversation_is_gone(
 async def test_poll_api_ends_with_an_error_when_the_connection_is_missing(events_url, monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_NEOLEADS_DEFAULT", raising=False)
     trig = trigger(
-        events_url, event_filter=FILTER.to_dict(), poll_api=True, neoleads_conn_id="neoleads_missing"
+        events_url,
+        event_filter={**FILTER.to_dict(), "conn_id": "neoleads_missing"},
+        poll_api=True,
+        neoleads_conn_id="neoleads_missing",
     )
     event = await first_event(trig)
     assert event["status"] == "error"

@@ -3,6 +3,7 @@ TestClient for breadth and a real uvicorn server on 127.0.0.1 for the production
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -17,10 +18,15 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import event, func, select
 
+from neoleads_provider.events.filter import EventFilter
+from neoleads_provider.sensors.webhook import NeoleadsWebhookSensor
 from neoleads_provider.store.engine import dispose_engines, get_engine
+from neoleads_provider.store.matching import find_matches
 from neoleads_provider.store.migrate import migrate
 from neoleads_provider.store.repository import get_event
 from neoleads_provider.store.schema import webhook_events
+from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
+from neoleads_provider.waiting import look_in_store
 from neoleads_provider.webhooks.app import (
     CONNECTION_CACHE_TTL_SECONDS,
     MAX_BODY_BYTES,
@@ -29,7 +35,7 @@ from neoleads_provider.webhooks.app import (
 )
 from neoleads_provider.webhooks.server import create_server_app
 from neoleads_provider.webhooks.verify import sign
-from tests._helpers import serving
+from tests._helpers import message_payload, post_webhook, serving, signed_now, store_payloads
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -40,7 +46,18 @@ CONN_ID = "neoleads_hooks"
 OLD_SECRET = "old-secret-4f1d2a9c"
 NEW_SECRET = "new-secret-8b7e3c1d"
 URL_TOKEN = "url-token-2c9e77aa51f0"
-SECRETS_IN_PLAY = (OLD_SECRET, NEW_SECRET, URL_TOKEN, "api-token-never-logged")
+SECRET_A = "conn-a-secret-61c0d9e2"
+SECRET_A_INBOX = "conn-a-inbox-secret-0b4f8e73"
+SECRET_B = "conn-b-secret-d27a5c48"
+SECRETS_IN_PLAY = (
+    OLD_SECRET,
+    NEW_SECRET,
+    URL_TOKEN,
+    "api-token-never-logged",
+    SECRET_A,
+    SECRET_A_INBOX,
+    SECRET_B,
+)
 NOW = 1_780_000_000.0
 
 MESSAGE = {
@@ -70,6 +87,8 @@ def set_connection(
     monkeypatch: pytest.MonkeyPatch, conn_id: str = CONN_ID, *, conn_type: str = "neoleads", **extra: Any
 ) -> None:
     extra.setdefault("account_id", 1)
+    if extra["account_id"] is None:
+        del extra["account_id"]
     value = {
         "conn_type": conn_type,
         "host": "http://127.0.0.1:1",
@@ -170,7 +189,7 @@ def test_stored_then_duplicate(client: TestClient, engine: Engine) -> None:
     }
 
     with engine.connect() as conn:
-        stored = get_event(conn, delivery_id="delivery-1")
+        stored = get_event(conn, conn_id=CONN_ID, delivery_id="delivery-1")
     assert stored is not None
     assert stored.id == first.json()["event_id"]
     assert stored.body == body.decode()
@@ -200,6 +219,27 @@ def test_stored_then_duplicate(client: TestClient, engine: Engine) -> None:
     assert again.status_code == 200
     assert again.json() == {"status": "duplicate", "delivery_id": "delivery-1", "event_id": stored.id}
     assert row_count(engine) == 1
+
+
+def test_another_copy_of_the_same_message_is_a_duplicate_of_the_first(
+    client: TestClient, engine: Engine
+) -> None:
+    """The account webhook and the API inbox's webhook_url each deliver a message, under their own ids."""
+    body = body_of()
+    first = post(client, body, signed(body, delivery_id="account-webhook-1"))
+    assert first.json()["status"] == "stored"
+    # Another path may serialise the same message differently: it is still the same message.
+    other_body = json.dumps(MESSAGE, indent=1).encode()
+    second = post(client, other_body, signed(other_body, secret=NEW_SECRET, delivery_id="inbox-webhook-1"))
+    assert second.status_code == 200
+    assert second.json() == {
+        "status": "duplicate",
+        "delivery_id": "inbox-webhook-1",
+        "event_id": first.json()["event_id"],
+    }
+    assert row_count(engine) == 1
+    with engine.connect() as conn:
+        assert get_event(conn, conn_id=CONN_ID, delivery_id="inbox-webhook-1") is None
 
 
 def test_trailing_slash_is_served_not_redirected(client: TestClient) -> None:
@@ -527,12 +567,18 @@ def test_unknown_or_malformed_connection(client: TestClient, engine: Engine, res
     assert row_count(engine) == 0
 
 
-def test_connection_of_another_type(monkeypatch, engine: Engine, clock: Clock, caplog) -> None:
+def test_connection_of_another_type_is_answered_like_an_unknown_one(
+    monkeypatch, engine: Engine, clock: Clock, caplog
+) -> None:
     set_connection(monkeypatch, conn_type="http", webhook_secrets=[OLD_SECRET])
     with TestClient(create_app(engine_factory=lambda: engine, clock=clock)) as client:
         body = body_of()
         response = post(client, body, signed(body))
-    assert response.status_code == 503
+        unknown = post(client, body, signed(body), conn_id="no_such_conn")
+    # A stranger must not learn that the id names some other connection.
+    assert (response.status_code, response.json()) == (404, {"detail": "unknown webhook endpoint"})
+    assert (response.status_code, response.json()) == (unknown.status_code, unknown.json())
+    # The operator learns it from the log.
     assert "conn_type" in caplog.text
     assert "'http'" in caplog.text
     assert row_count(engine) == 0
@@ -545,7 +591,9 @@ def test_connection_of_another_type(monkeypatch, engine: Engine, clock: Clock, c
         ({"webhook_allow_unsigned": "maybe"}, "webhook_allow_unsigned"),
         ({"webhook_secrets": [1, 2]}, "webhook_secrets"),
         ({"account_id": "acme"}, "account_id"),
+        ({"account_id": None}, "account_id"),
     ],
+    ids=["tolerance", "allow-unsigned", "secrets", "bad-account", "no-account"],
 )
 def test_invalid_webhook_settings(monkeypatch, engine: Engine, clock: Clock, caplog, extra, field) -> None:
     set_connection(monkeypatch, **{"webhook_secrets": [OLD_SECRET], **extra})
@@ -642,12 +690,29 @@ def test_nesting_at_the_limit_is_accepted(client: TestClient) -> None:
     assert post(client, body, signed(body)).status_code == 200
 
 
-def test_escaped_nul_is_stored(client: TestClient, engine: Engine) -> None:
-    body = b'{"event":"message_created","content":"a\\u0000b"}'
+@pytest.mark.parametrize(
+    ("escape", "what"), [("\\u0000", "a NUL character (\\u0000)"), ("\\ud800", "a lone surrogate (\\ud800)")]
+)
+def test_escaped_nul_or_lone_surrogate_is_refused_naming_the_field(
+    client: TestClient, engine: Engine, escape: str, what: str
+) -> None:
+    body = b'{"event":"message_created","id":5,"content":"a' + escape.encode() + b'b"}'
     response = post(client, body, signed(body))
-    assert response.status_code == 200
-    with engine.connect() as conn:
-        assert get_event(conn, response.json()["event_id"]).payload["content"] == "a\x00b"
+    assert response.status_code == 400
+    assert response.json() == {"detail": f"the body cannot be stored: field 'content' holds {what}"}
+    assert row_count(engine) == 0
+
+
+def test_a_payload_for_another_account_is_refused(client: TestClient, engine: Engine, caplog) -> None:
+    body = body_of({**MESSAGE, "account": {"id": 2, "name": "Other"}})
+    response = post(client, body, signed(body))
+    assert response.status_code == 422
+    assert response.json() == {"detail": "the payload's account 2 is not this endpoint's account"}
+    assert "account_id is 1" in caplog.text
+    assert row_count(engine) == 0
+    # A payload that names no account at all is not refused for it.
+    body = body_of({"event": "some_future_event"})
+    assert post(client, body, signed(body)).status_code == 200
 
 
 # --------------------------------------------------------------------------- 503 store errors
@@ -707,8 +772,8 @@ def test_auto_migrate_runs_once_on_the_first_delivery(monkeypatch, tmp_path) -> 
     fresh = get_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
     with _client_for(monkeypatch, lambda: fresh, auto_migrate=True) as client:
         assert runs == []  # building the app touches nothing
-        for _ in range(3):
-            body = body_of()
+        for number in range(3):
+            body = body_of({**MESSAGE, "id": 9100 + number})
             assert post(client, body, signed(body)).status_code == 200
     assert runs == [1]
     assert row_count(fresh) == 3
@@ -753,6 +818,9 @@ def test_openapi_on_docs_off(client: TestClient) -> None:
     operation = schema["paths"]["/webhooks/{conn_id}"]["post"]
     assert operation["requestBody"]["content"]["application/json"]["schema"]["required"] == ["event"]
     assert {"200", "400", "401", "404", "413", "415", "503"} <= set(operation["responses"])
+    assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "WebhookAck"
+    )
     assert "/_health" in schema["paths"]
     assert client.get("/docs").status_code == 404
     assert client.get("/redoc").status_code == 404
@@ -894,7 +962,7 @@ def test_real_server_body_in_many_pieces_is_read_whole(live_url: str, engine: En
     response = httpx.post(f"{live_url}/neoleads/webhooks/{CONN_ID}", content=pieces(), headers=headers)
     assert response.status_code == 200, response.text
     with engine.connect() as conn:
-        stored = get_event(conn, delivery_id="pieces-1")
+        stored = get_event(conn, conn_id=CONN_ID, delivery_id="pieces-1")
     assert stored is not None
     assert stored.body.encode() == body
 
@@ -946,7 +1014,7 @@ def test_real_server_on_postgresql(monkeypatch, pg_engine: Engine) -> None:
     assert len({r.json()["event_id"] for r in racing}) == 1
     assert row_count(pg_engine) == 10
     with pg_engine.connect() as conn:
-        stored = get_event(conn, delivery_id="pg-first")
+        stored = get_event(conn, conn_id=CONN_ID, delivery_id="pg-first")
     assert stored is not None
     assert stored.received_at.tzinfo is not None
     assert stored.conversation_id == 77
@@ -962,3 +1030,218 @@ def test_postgresql_store_down_is_503(monkeypatch) -> None:
         assert response.headers["Retry-After"] == "30"
     finally:
         dispose_engines()
+
+
+# --------------------------------------------------------------------------- the receiver and the waiters
+#
+# Deliveries posted over real TCP to a served receiver, then looked for the way sensors and triggers look:
+# look_in_store, NeoleadsWebhookSensor.poke and NeoleadsWebhookTrigger.run. Connections A and B share an
+# account and have their own secrets; A lists two (its account webhook's and its API inbox's).
+
+CONN_A = "neoleads_a"
+CONN_B = "neoleads_b"
+PG_CONN = "warehouse_pg"
+REPLY = 101  # after the watermark (100, "the message the DAG sent"), in conversation 7 of account 1
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'waiters.db'}"
+    else:
+        url = request.getfixturevalue("pg_schema_url")
+    migrate(get_engine(url))
+    yield url
+    dispose_engines()
+
+
+@pytest.fixture
+def receiver(monkeypatch, store_url: str) -> Iterator[str]:
+    """The served receiver's base URL, for connections A and B and a PostgreSQL connection."""
+    set_connection(monkeypatch, CONN_A, webhook_secrets=[SECRET_A, SECRET_A_INBOX])
+    set_connection(monkeypatch, CONN_B, webhook_secrets=[SECRET_B])
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{PG_CONN.upper()}",
+        json.dumps({"conn_type": "postgres", "host": "db.example", "login": "u", "password": "p-unused"}),
+    )
+    with serving(create_app(engine_factory=lambda: get_engine(store_url))) as url:
+        yield url
+
+
+def deliver(base_url: str, conn_id: str, body: bytes, secret: str, delivery_id: str) -> tuple[int, dict]:
+    return post_webhook(f"{base_url}/webhooks/{conn_id}", body, signed_now(secret, body, delivery_id))
+
+
+def reply_body(content: str = "Yes, Tuesday", **overrides: Any) -> bytes:
+    return json.dumps(message_payload(REPLY, content=content, **overrides)).encode()
+
+
+def reply_filter(conn_id: str) -> EventFilter:
+    return EventFilter(conn_id=conn_id, account_id=1, conversation_id=7, after_message_id=100)
+
+
+def waiting_sensor(conn_id: str, store_url: str) -> NeoleadsWebhookSensor:
+    return NeoleadsWebhookSensor(
+        task_id=f"wait_{uuid.uuid4().hex[:6]}",
+        conversation_id=7,
+        after_message_id=100,
+        neoleads_conn_id=conn_id,
+        events_db_url=store_url,
+        poke_interval=0.05,
+        timeout=10,
+    )
+
+
+def trigger_outcome(conn_id: str, store_url: str, *, wait: float = 0.5) -> dict[str, Any]:
+    """Run the trigger of ``conn_id`` until its first event: a match, or a timeout after ``wait`` seconds."""
+    trig = NeoleadsWebhookTrigger(
+        event_filter=reply_filter(conn_id).to_dict(),
+        neoleads_conn_id=conn_id,
+        events_db_url=store_url,
+        poll_interval=0.05,
+        end_time=time.time() + wait,
+    )
+
+    async def first() -> dict[str, Any]:
+        events = trig.run()
+        try:
+            return (await asyncio.wait_for(anext(events), timeout=10)).payload
+        finally:
+            await events.aclose()
+            await trig.cleanup()
+
+    return asyncio.run(first())
+
+
+def matches_of(store_url: str, flt: EventFilter) -> list[int]:
+    with get_engine(store_url).connect() as conn:
+        return [found.id for found in find_matches(conn, flt)]
+
+
+def stored_rows(store_url: str) -> int:
+    return row_count(get_engine(store_url))
+
+
+def test_a_delivery_to_connection_b_never_satisfies_connection_a(receiver: str, store_url: str) -> None:
+    body = reply_body("for B's sensors only")
+    status, answer = deliver(receiver, CONN_B, body, SECRET_B, "b-1")
+    assert (status, answer["status"]) == (200, "stored")
+    # B's secret does not open A's endpoint either.
+    assert deliver(receiver, CONN_A, body, SECRET_B, "b-1-at-a") == (401, {"detail": "unauthorized"})
+
+    assert look_in_store(store_url, reply_filter(CONN_A)) is None
+    assert waiting_sensor(CONN_A, store_url).poke({}).is_done is False
+    assert trigger_outcome(CONN_A, store_url)["status"] == "timeout"
+
+    found = look_in_store(store_url, reply_filter(CONN_B))
+    assert found is not None
+    assert (found["event_id"], found["conn_id"], found["delivery_id"]) == (answer["event_id"], CONN_B, "b-1")
+    poked = waiting_sensor(CONN_B, store_url).poke({})
+    assert poked.is_done is True
+    assert (poked.xcom_value["event_id"], poked.xcom_value["conn_id"]) == (answer["event_id"], CONN_B)
+    fired = trigger_outcome(CONN_B, store_url)
+    assert fired["status"] == "success"
+    assert (fired["event"]["event_id"], fired["event"]["conn_id"]) == (answer["event_id"], CONN_B)
+
+
+def test_a_delivery_naming_another_account_is_refused_and_not_stored(receiver: str, store_url: str) -> None:
+    body = reply_body("misrouted", account_id=2)
+    status, answer = deliver(receiver, CONN_A, body, SECRET_A, "other-account-1")
+    assert (status, answer) == (422, {"detail": "the payload's account 2 is not this endpoint's account"})
+    assert stored_rows(store_url) == 0
+    other_account = EventFilter(conn_id=CONN_A, account_id=2, conversation_id=7, after_message_id=100)
+    assert look_in_store(store_url, other_account) is None
+    assert look_in_store(store_url, EventFilter(conn_id=CONN_A, conversation_id=7)) is None
+
+
+def test_both_delivery_paths_and_a_replay_of_one_message_are_one_event(receiver: str, store_url: str) -> None:
+    payload = message_payload(REPLY, content="Tuesday works")
+    account_body = json.dumps(payload).encode()
+    account_headers = signed_now(SECRET_A, account_body, "account-webhook-1")
+    status, first = post_webhook(f"{receiver}/webhooks/{CONN_A}", account_body, account_headers)
+    assert (status, first["status"]) == (200, "stored")
+
+    # The API inbox's webhook_url delivers the same message under its own id and secret, and may
+    # render it differently.
+    inbox_body = json.dumps(payload, indent=2, sort_keys=True).encode()
+    status, second = deliver(receiver, CONN_A, inbox_body, SECRET_A_INBOX, "inbox-webhook-1")
+    assert (status, second) == (
+        200,
+        {"status": "duplicate", "delivery_id": "inbox-webhook-1", "event_id": first["event_id"]},
+    )
+
+    # Someone replays the captured body and signature under a delivery id of their own.
+    replay_headers = {**account_headers, "X-Chatwoot-Delivery": "replayed-1"}
+    status, replayed = post_webhook(f"{receiver}/webhooks/{CONN_A}", account_body, replay_headers)
+    assert (status, replayed) == (
+        200,
+        {"status": "duplicate", "delivery_id": "replayed-1", "event_id": first["event_id"]},
+    )
+    # ...and a plain retry of the first delivery.
+    status, retried = post_webhook(f"{receiver}/webhooks/{CONN_A}", account_body, account_headers)
+    assert (status, retried["status"], retried["event_id"]) == (200, "duplicate", first["event_id"])
+
+    assert stored_rows(store_url) == 1
+    assert matches_of(store_url, reply_filter(CONN_A)) == [first["event_id"]]
+    poked = waiting_sensor(CONN_A, store_url).poke({})
+    assert (poked.is_done, poked.xcom_value["event_id"]) == (True, first["event_id"])
+    assert poked.xcom_value["delivery_id"] == "account-webhook-1"
+    fired = trigger_outcome(CONN_A, store_url)
+    assert (fired["status"], fired["event"]["event_id"]) == ("success", first["event_id"])
+
+
+@pytest.mark.parametrize(
+    ("escape", "what"),
+    [("\\u0000", "a NUL character (\\u0000)"), ("\\ud800", "a lone surrogate (\\ud800)")],
+    ids=["nul", "lone-surrogate"],
+)
+def test_text_a_database_cannot_store_is_refused_naming_the_field(
+    receiver: str, store_url: str, escape: str, what: str
+) -> None:
+    body = reply_body("EDGE").replace(b"EDGE", b"before" + escape.encode() + b"after")
+    assert escape.encode() in body
+    status, answer = deliver(receiver, CONN_A, body, SECRET_A, "unstorable-1")
+    assert (status, answer) == (400, {"detail": f"the body cannot be stored: field 'content' holds {what}"})
+    assert stored_rows(store_url) == 0
+    assert waiting_sensor(CONN_A, store_url).poke({}).is_done is False
+
+
+def test_a_stored_row_holding_such_text_is_handed_over_neutralised(store_url: str, monkeypatch) -> None:
+    """An older receiver stored these bodies: looking at one must neither raise nor pass the text on."""
+    set_connection(monkeypatch, CONN_A, webhook_secrets=[SECRET_A])
+    content = "nul \x00, lone \ud800 and \udfff"
+    [event_id] = store_payloads(store_url, message_payload(REPLY, content=content), conn_id=CONN_A)
+    expected = "nul \ufffd, lone \ufffd and \ufffd"
+
+    found = look_in_store(store_url, reply_filter(CONN_A))
+    poked = waiting_sensor(CONN_A, store_url).poke({})
+    assert poked.is_done is True
+    fired = trigger_outcome(CONN_A, store_url)
+    assert fired["status"] == "success"
+    for result in (found, poked.xcom_value, fired["event"]):
+        assert result["event_id"] == event_id
+        assert result["payload"]["content"] == expected
+        text = json.dumps(result, ensure_ascii=False)
+        text.encode("utf-8")  # a lone surrogate would raise here
+        assert "\x00" not in text
+        assert json.loads(text) == result
+
+
+def test_an_unknown_and_a_postgresql_connection_are_answered_alike(receiver: str, store_url: str) -> None:
+    body = reply_body()
+    answers = [
+        deliver(receiver, conn_id, body, secret, f"probe-{conn_id}")
+        for conn_id, secret in [("nobody_here", SECRET_A), (PG_CONN, SECRET_A), (PG_CONN, "p-unused")]
+    ]
+    assert answers == [(404, {"detail": "unknown webhook endpoint"})] * 3
+    # Raw bytes and headers too: nothing tells the two apart.
+    responses = [
+        httpx.post(f"{receiver}/webhooks/{conn_id}", content=body, headers=signed_now(SECRET_A, body, "x"))
+        for conn_id in ("nobody_here", PG_CONN)
+    ]
+    assert responses[0].content == responses[1].content
+    assert responses[0].status_code == responses[1].status_code
+    assert {k: v for k, v in responses[0].headers.items() if k != "date"} == {
+        k: v for k, v in responses[1].headers.items() if k != "date"
+    }
+    assert stored_rows(store_url) == 0

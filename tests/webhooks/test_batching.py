@@ -14,14 +14,15 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import DataError, OperationalError
 
+from neoleads_provider.events.fields import event_identity, read_event
 from neoleads_provider.store.engine import get_engine
 from neoleads_provider.store.migrate import migrate
 from neoleads_provider.store.repository import NewEvent, get_event, insert_events
 from neoleads_provider.store.schema import webhook_events
+from neoleads_provider.store.writer import EventWriter
 from neoleads_provider.webhooks import batching
-from neoleads_provider.webhooks.app import _Delivery, _LogThrottle, _Store, create_app
+from neoleads_provider.webhooks.app import _Delivery, _DeliveryStore, _LogThrottle, create_app
 from neoleads_provider.webhooks.batching import BatchRunner
-from neoleads_provider.webhooks.payload import extract_event_fields
 from neoleads_provider.webhooks.verify import signed_headers
 from tests._helpers import serving
 
@@ -50,7 +51,11 @@ def row_count(engine: Engine) -> int:
         return conn.execute(select(func.count()).select_from(webhook_events)).scalar_one()
 
 
-def payload(number: int) -> dict[str, Any]:
+def delivery_store(engine: Engine) -> _DeliveryStore:
+    return _DeliveryStore(EventWriter(lambda: engine), _LogThrottle())
+
+
+def payload(number: int, *, account_id: int = 1) -> dict[str, Any]:
     return {
         "event": "message_created",
         "id": 10_000 + number,
@@ -58,7 +63,7 @@ def payload(number: int) -> dict[str, Any]:
         "message_type": "incoming",
         "private": False,
         "sender": {"id": 7, "name": "Ada"},
-        "account": {"id": 1, "name": "Acme"},
+        "account": {"id": account_id, "name": "Acme"},
         "inbox": {"id": 2, "name": "API"},
         "conversation": {"id": 40 + number % 3, "inbox_id": 2},
     }
@@ -151,12 +156,14 @@ def new_event(number: int, delivery_id: str | None = None) -> NewEvent:
     body = json.dumps(payload(number))
     from datetime import UTC, datetime
 
+    fields = read_event(json.loads(body))
     return NewEvent(
-        delivery_id or f"d-{number}",
-        CONN_ID,
-        extract_event_fields(json.loads(body)),
-        body,
-        datetime.fromtimestamp(T0, UTC),
+        conn_id=CONN_ID,
+        delivery_id=delivery_id or f"d-{number}",
+        event_key=event_identity(fields, body.encode()),
+        fields=fields,
+        body=body,
+        received_at=datetime.fromtimestamp(T0, UTC),
     )
 
 
@@ -165,10 +172,15 @@ def test_insert_events_reports_new_and_duplicate_rows_in_order(engine: Engine) -
         [(first_id, inserted)] = insert_events(conn, [new_event(0)])
         assert inserted
     with engine.begin() as conn:
-        results = insert_events(conn, [new_event(1), new_event(0), new_event(2), new_event(1, "d-1")])
-    assert [inserted for _, inserted in results] == [True, False, True, False]
+        results = insert_events(
+            conn,
+            [new_event(1), new_event(0), new_event(2), new_event(1, "d-1"), new_event(2, "other-path")],
+        )
+    assert [inserted for _, inserted in results] == [True, False, True, False, False]
     assert results[1][0] == first_id
+    # The same delivery id again, and the same event under another delivery id: the first row's id.
     assert results[3][0] == results[0][0]
+    assert results[4][0] == results[2][0]
     with engine.connect() as conn:
         assert get_event(conn, results[2][0]).payload["content"] == "reply 2"
     assert row_count(engine) == 3
@@ -178,16 +190,29 @@ def delivery(number: int, delivery_id: str | None = None, body: bytes | None = N
     from datetime import UTC, datetime
 
     raw = body if body is not None else json.dumps(payload(number)).encode()
-    return _Delivery(CONN_ID, delivery_id or f"d-{number}", raw, datetime.fromtimestamp(T0, UTC))
+    return _Delivery(CONN_ID, 1, delivery_id or f"d-{number}", raw, datetime.fromtimestamp(T0, UTC))
 
 
 def test_save_batch_refuses_only_the_bad_body(engine: Engine) -> None:
-    store = _Store(lambda: engine, None, _LogThrottle())
-    outcomes = store.save_batch([delivery(0), delivery(1, body=b"{not json"), delivery(2), delivery(0)])
+    store = delivery_store(engine)
+    other_account = json.dumps(payload(3, account_id=2)).encode()
+    outcomes = store.save_batch(
+        [
+            delivery(0),
+            delivery(1, body=b"{not json"),
+            delivery(2),
+            delivery(0),
+            delivery(3, body=other_account),
+            delivery(2, "d-2-through-the-inbox-webhook"),
+        ]
+    )
     assert outcomes[0][0] == "stored"
     assert outcomes[1].status_code == 400
     assert outcomes[2][0] == "stored"
     assert outcomes[3] == ("duplicate", outcomes[0][1])
+    assert outcomes[4].status_code == 422
+    assert outcomes[4].detail == "the payload's account 2 is not this endpoint's account"
+    assert outcomes[5] == ("duplicate", outcomes[2][1])
     assert row_count(engine) == 2
 
 
@@ -195,16 +220,18 @@ def test_a_row_level_error_falls_back_to_one_transaction_per_delivery(engine: En
     refused = []
 
     def refuse_multi_row_inserts(conn, cursor, statement, parameters, context, executemany) -> None:
-        # The batch insert: several VALUES rows on SQLite, a JSON batch on PostgreSQL.
+        # The batch insert: several VALUES rows on SQLite, a JSON batch of several rows on PostgreSQL
+        # (where a single row goes through json_to_recordset too).
         if statement.startswith("INSERT") and (
-            statement.count("(?") > 1 or "json_to_recordset(" in statement
+            statement.count("(?") > 1
+            or ("json_to_recordset(" in statement and len(json.loads(parameters[0])) > 1)
         ):
             refused.append(statement)
             raise DataError(statement, parameters, Exception("value too long for one row"))
 
     event.listen(engine, "before_cursor_execute", refuse_multi_row_inserts)
     try:
-        store = _Store(lambda: engine, None, _LogThrottle())
+        store = delivery_store(engine)
         outcomes = store.save_batch([delivery(n) for n in range(5)])
     finally:
         event.remove(engine, "before_cursor_execute", refuse_multi_row_inserts)
@@ -220,7 +247,7 @@ def test_an_outage_refuses_the_whole_batch_and_logs_once(engine: Engine, caplog)
 
     event.listen(engine, "before_cursor_execute", unavailable)
     try:
-        store = _Store(lambda: engine, None, _LogThrottle())
+        store = delivery_store(engine)
         outcomes = store.save_batch([delivery(n) for n in range(4)])
     finally:
         event.remove(engine, "before_cursor_execute", unavailable)
@@ -324,13 +351,13 @@ def test_the_writer_keeps_one_connection_across_batches(engine: Engine) -> None:
             checkouts.append(args)
 
     event.listen(engine.pool, "checkout", count)
-    store = _Store(lambda: engine, None, _LogThrottle())
+    store = delivery_store(engine)
     try:
         for first in range(0, 12, 3):
             outcomes = store.save_batch([delivery(n) for n in range(first, first + 3)])
             assert [outcome[0] for outcome in outcomes] == ["stored"] * 3
     finally:
-        store.release()
+        store.writer.release()
         event.remove(engine.pool, "checkout", count)
     assert len(checkouts) == 1
     assert row_count(engine) == 12
@@ -341,11 +368,11 @@ def test_a_connection_the_database_dropped_is_replaced_without_refusing_the_batc
     """A PostgreSQL restart or idle timeout closes the kept connection: the batch is retried, not refused."""
     from sqlalchemy import create_engine, text
 
-    store = _Store(lambda: engine, None, _LogThrottle())
+    store = delivery_store(engine)
     try:
         assert [o[0] for o in store.save_batch([delivery(n) for n in range(3)])] == ["stored"] * 3
-        with store._held.conn.begin():
-            held_pid = store._held.conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with store.writer._held.conn.begin():
+            held_pid = store.writer._held.conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
         admin = create_engine(engine.url)
         with admin.begin() as conn:
             assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": held_pid}).scalar_one()
@@ -354,16 +381,16 @@ def test_a_connection_the_database_dropped_is_replaced_without_refusing_the_batc
         assert [o[0] for o in outcomes] == ["stored"] * 3, outcomes
         assert row_count(engine) == 6
     finally:
-        store.release()
+        store.writer.release()
 
 
 async def test_the_idle_writer_releases_its_connection(monkeypatch, engine: Engine) -> None:
     monkeypatch.setattr(batching, "IDLE_EXIT_SECONDS", 0.05)
-    store = _Store(lambda: engine, None, _LogThrottle())
+    store = delivery_store(engine)
     released = threading.Event()
 
     def release() -> None:
-        store.release()
+        store.writer.release()
         released.set()
 
     runner = BatchRunner(store.save_batch, name="idle-release-test", on_idle=release)
@@ -382,10 +409,10 @@ def test_sqlite_checkpoints_happen_off_the_writer_thread(engine: Engine) -> None
             checkpoints.append(threading.current_thread().name)
 
     event.listen(engine, "before_cursor_execute", spy)
-    store = _Store(lambda: engine, None, _LogThrottle())
+    store = delivery_store(engine)
     try:
         store.save_batch([delivery(n) for n in range(3)])
-        writer = store._held.conn.connection.driver_connection
+        writer = store.writer._held.conn.connection.driver_connection
         # The writer's own commits copy the log into the database only as a safety net...
         assert writer.execute("PRAGMA wal_autocheckpoint").fetchone() == (100_000,)
         deadline = time.monotonic() + 5
@@ -395,12 +422,12 @@ def test_sqlite_checkpoints_happen_off_the_writer_thread(engine: Engine) -> None
         assert checkpoints
         assert set(checkpoints) == {"neoleads-wal-checkpoint"}
     finally:
-        store.release()
+        store.writer.release()
         event.remove(engine, "before_cursor_execute", spy)
     # Released: the connection goes back to the pool with SQLite's default, and the thread ends.
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 1000
-    thread = store._checkpointers[engine]._thread
+    thread = store.writer._checkpointers[engine]._thread
     assert thread is not None
     assert not thread.is_alive()
     assert row_count(engine) == 3

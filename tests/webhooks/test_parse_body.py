@@ -1,30 +1,39 @@
-"""parse_event_body: msgspec's fast path gives exactly json.loads' answers, including its refusals."""
+"""parse_event_body: msgspec's fast path gives exactly json.loads' answers, including its refusals, and
+bodies holding text a database cannot store are refused naming the field."""
 
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neoleads_provider.webhooks.payload import (
-    MAX_JSON_DEPTH,
-    PayloadError,
-    _parse_with_json,
-    parse_event_body,
-)
+from neoleads_provider.events.fields import PayloadError
+from neoleads_provider.webhooks import body as body_module
+from neoleads_provider.webhooks.body import MAX_JSON_DEPTH, parse_event_body
 
 
-def outcome(parse, body: bytes) -> tuple[str, object]:
+def outcome(body: bytes) -> tuple[str, object]:
     try:
-        return "ok", parse(body)
+        return "ok", parse_event_body(body)
     except PayloadError as exc:
         return "refused", str(exc)
 
 
+def _no_fast_path(body: bytes) -> object:
+    raise ValueError("fast path disabled")
+
+
+def json_loads_outcome(body: bytes) -> tuple[str, object]:
+    """The answer parse_event_body gives when msgspec refuses everything, so json.loads parses it."""
+    with mock.patch.object(body_module, "_decode_json", _no_fast_path):
+        return outcome(body)
+
+
 def assert_same(body: bytes) -> None:
-    assert outcome(parse_event_body, body) == outcome(_parse_with_json, body)
+    assert outcome(body) == json_loads_outcome(body)
 
 
 json_values = st.recursive(
@@ -116,3 +125,58 @@ def test_the_stored_text_is_the_body_exactly() -> None:
     assert text.encode() == body
     assert fields.event == "message_created"
     assert fields.message_id == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (
+            b'{"event": "message_created", "content": "a\\u0000b"}',
+            "field 'content' holds a NUL character (\\u0000)",
+        ),
+        (
+            b'{"event": "message_created", "content": "a\\ud800b"}',
+            "field 'content' holds a lone surrogate (\\ud800)",
+        ),
+        (
+            b'{"event": "message_created", "content": "\\udc00"}',
+            "field 'content' holds a lone surrogate (\\udc00)",
+        ),
+        (
+            b'{"event": "message_created", "sender": {"name": "x\\u0000"}}',
+            "field 'sender.name' holds a NUL character (\\u0000)",
+        ),
+        (
+            b'{"event": "message_created", "attachments": [{"k\\u0000": 1}]}',
+            "a key under 'attachments[0]' holds a NUL character (\\u0000)",
+        ),
+    ],
+)
+def test_unstorable_text_is_refused_naming_the_field(body: bytes, problem: str) -> None:
+    for result in (outcome(body), json_loads_outcome(body)):
+        assert result == ("refused", f"the body cannot be stored: {problem}")
+
+
+def test_escapes_of_storable_text_are_accepted() -> None:
+    # A surrogate pair is one character (an emoji), not a lone surrogate.
+    body = b'{"event": "message_created", "id": 3, "content": "caf\\u00e9 \\ud83d\\ude00 \\ufffd"}'
+    text, fields = parse_event_body(body)
+    assert text.encode() == body
+    assert fields.content == "caf\u00e9 \U0001f600 \ufffd"
+    assert fields.message_id == 3
+
+
+def test_the_fields_are_read_with_the_shared_normalisation() -> None:
+    body = json.dumps(
+        {
+            "event": "message_created",
+            "id": "12",
+            "message_type": "Incoming",
+            "sender": {"id": 4, "type": "User"},
+            "account": {"id": "1"},
+            "conversation": {"display_id": 9},
+        }
+    ).encode()
+    _, fields = parse_event_body(body)
+    assert (fields.message_id, fields.message_type, fields.sender_type) == (12, "incoming", "user")
+    assert (fields.account_id, fields.conversation_id) == (1, 9)
