@@ -1,10 +1,13 @@
 """Errors raised by the Neoleads provider.
 
 Every API error names the HTTP method, the path and what the server said. None of them ever carries
-the API token: paths and server messages are the only text that goes in.
+the API token: paths and server messages (from which the hook scrubs any echoed token) are the only text
+that goes in. Every one pickles and rebuilds with its attributes (the triggerer and task runner pickle them).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
 
@@ -15,6 +18,11 @@ class NeoleadsError(AirflowException):
 
 class NeoleadsConfigError(NeoleadsError):
     """The Airflow connection or an argument is missing or malformed."""
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], kwargs: dict[str, Any]) -> BaseException:
+    """Unpickle an error whose constructor takes more than its message (see ``__reduce__`` below)."""
+    return cls(*args, **kwargs)
 
 
 class NeoleadsTransportError(NeoleadsError):
@@ -32,6 +40,14 @@ class NeoleadsTransportError(NeoleadsError):
         hint = " (the request may have reached the server)" if maybe_delivered else ""
         super().__init__(f"Neoleads {method} {path} failed: {reason}{hint}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its own arguments: the triggerer and task runner pickle exceptions across processes.
+        return (
+            _rebuild,
+            (type(self), (self.method, self.path, self.reason), {"maybe_delivered": self.maybe_delivered}),
+            dict(self.__dict__),
+        )
+
 
 class NeoleadsApiError(NeoleadsError):
     """The server answered with a non-2xx status."""
@@ -45,6 +61,15 @@ class NeoleadsApiError(NeoleadsError):
         self.server_message = message
         self.body = body
         super().__init__(f"Neoleads {method} {path} returned {status_code}: {message}")
+
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The constructor's arguments, for pickling; subclasses with more keywords add theirs."""
+        return (self.method, self.path, self.status_code, self.server_message), {"body": self.body}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its own arguments: the triggerer and task runner pickle exceptions across processes.
+        args, kwargs = self._init_args()
+        return (_rebuild, (type(self), args, kwargs), dict(self.__dict__))
 
 
 class NeoleadsAuthError(NeoleadsApiError):
@@ -75,6 +100,10 @@ class NeoleadsValidationError(NeoleadsApiError):
         self.attributes = list(attributes or [])
         super().__init__(method, path, status_code, message, body=body)
 
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args, kwargs = super()._init_args()
+        return args, {**kwargs, "attributes": self.attributes}
+
 
 class NeoleadsRateLimitError(NeoleadsApiError):
     """429: throttled. ``retry_after`` is the server's Retry-After in seconds, when it sent one."""
@@ -92,6 +121,32 @@ class NeoleadsRateLimitError(NeoleadsApiError):
         self.retry_after = retry_after
         super().__init__(method, path, status_code, message, body=body)
 
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args, kwargs = super()._init_args()
+        return args, {**kwargs, "retry_after": self.retry_after}
+
 
 class NeoleadsServerError(NeoleadsApiError):
     """5xx: the server failed."""
+
+
+REDIRECT_HINT = "the base URL should be the server's final address, e.g. https rather than http"
+
+
+class NeoleadsRedirectError(NeoleadsApiError):
+    """3xx: the server answered with a redirect, which the hook never follows (nor retries).
+
+    Following it could resend a POST as a GET, or send the token to another host; taking it as success
+    would report a message sent that never was. ``location`` is where it pointed, without its query string
+    or any credentials; None when the server sent no ``Location``.
+    """
+
+    def __init__(
+        self, method: str, path: str, status_code: int, location: str | None, *, body: object = None
+    ) -> None:
+        self.location = location
+        where = f"a redirect to {location}" if location else "a redirect with no usable Location"
+        super().__init__(method, path, status_code, f"{where}; {REDIRECT_HINT}", body=body)
+
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.method, self.path, self.status_code, self.location), {"body": self.body}

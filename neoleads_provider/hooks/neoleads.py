@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import mimetypes
@@ -10,6 +11,7 @@ import time
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, quote_plus, urljoin, urlsplit
 
 import requests
 import tenacity
@@ -28,6 +30,7 @@ from neoleads_provider.exceptions import (
     NeoleadsForbiddenError,
     NeoleadsNotFoundError,
     NeoleadsRateLimitError,
+    NeoleadsRedirectError,
     NeoleadsServerError,
     NeoleadsTransportError,
     NeoleadsValidationError,
@@ -48,6 +51,12 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 # The profile response echoes the caller's token; it must never travel further than the hook.
 PROFILE_SECRET_FIELDS = ("access_token", "pubsub_token")
+# What an echoed token is replaced with in the error bodies the hook quotes.
+SCRUBBED = "***"
+# requests refuses these before opening any connection: the request provably never left.
+_REFUSED_BEFORE_SENDING = (
+    requests.exceptions.InvalidSchema | requests.exceptions.InvalidURL | requests.exceptions.MissingSchema
+)
 
 _ERROR_CLASSES: dict[int, type[NeoleadsApiError]] = {
     401: NeoleadsAuthError,
@@ -58,17 +67,53 @@ _ERROR_CLASSES: dict[int, type[NeoleadsApiError]] = {
 }
 
 
-def _server_message(response: requests.Response) -> tuple[str, list[str], object]:
-    """Pull the human message out of any of the server's error shapes.
+def secret_forms(secret: str) -> tuple[str, ...]:
+    """``secret`` as a server may echo it: raw, URL-encoded (either case of hex), JSON- or HTML-escaped.
+
+    Longest first, so that scrubbing one form never leaves part of another behind.
+    """
+    if not secret:
+        return ()
+    encoded = {quote(secret, safe=""), quote(secret), quote_plus(secret)}
+    forms = {secret, json.dumps(secret)[1:-1], html.escape(secret), *encoded}
+    forms |= {_lower_hex(form) for form in encoded}
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _lower_hex(text: str) -> str:
+    parts = text.split("%")
+    return parts[0] + "".join("%" + part[:2].lower() + part[2:] for part in parts[1:])
+
+
+def scrub(value: Any, forms: Sequence[str]) -> Any:
+    """``value`` with every form of a secret replaced by ``***``, in strings nested in dicts and lists too."""
+    if not forms:
+        return value
+    if isinstance(value, str):
+        for form in forms:
+            value = value.replace(form, SCRUBBED)
+        return value
+    if isinstance(value, dict):
+        return {scrub(key, forms): scrub(item, forms) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(scrub(item, forms) for item in value)
+    return value
+
+
+def _server_message(
+    response: requests.Response, secrets: Sequence[str] = ()
+) -> tuple[str, list[str], object]:
+    """Pull the human message out of any of the server's error shapes, with ``secrets`` scrubbed from it all.
 
     Handled errors carry ``error``, validation errors ``message`` + ``attributes``, devise ``errors``;
-    the 429 body is plain text.
+    the 429 body is plain text. The body is scrubbed before it is cut, so no part of a secret survives.
     """
+    reason = scrub(response.reason or "", secrets)
     try:
-        body: object = response.json()
+        body: object = scrub(response.json(), secrets)
     except ValueError:
-        text = response.text.strip()
-        return (text[:300] or response.reason or "no body"), [], text[:300]
+        text = scrub(response.text, secrets).strip()
+        return (text[:300] or reason or "no body"), [], text[:300]
     attributes: list[str] = []
     if isinstance(body, dict):
         if isinstance(body.get("attributes"), list):
@@ -79,7 +124,22 @@ def _server_message(response: requests.Response) -> tuple[str, list[str], object
                 return value, attributes, body
             if isinstance(value, list) and value:
                 return ", ".join(str(item) for item in value), attributes, body
-    return (response.reason or "error"), attributes, body
+    return (reason or "error"), attributes, body
+
+
+def _redirect_location(response: requests.Response, secrets: Sequence[str]) -> str | None:
+    """Where a redirect points, made absolute, without its query string, fragment or credentials."""
+    location = response.headers.get("Location")
+    if not location:
+        return None
+    try:
+        parts = urlsplit(urljoin(response.url, location.strip()))
+        if not parts.scheme or not parts.netloc:
+            return None
+        netloc = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return None
+    return str(scrub(f"{parts.scheme}://{netloc}{parts.path}", secrets))
 
 
 def _retry_after_seconds(response: requests.Response) -> float | None:
@@ -94,7 +154,7 @@ def _retry_after_seconds(response: requests.Response) -> float | None:
 
 def _never_sent(exc: requests.RequestException) -> bool:
     """True when the request provably never left this machine, so replaying it cannot duplicate anything."""
-    if isinstance(exc, requests.ConnectTimeout):
+    if isinstance(exc, requests.ConnectTimeout | _REFUSED_BEFORE_SENDING):
         return True
     cause: BaseException | None = exc
     while cause is not None:
@@ -211,6 +271,11 @@ class NeoleadsHook(BaseHook):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @cached_property
+    def _secret_forms(self) -> tuple[str, ...]:
+        """The connection's token in every form a server might echo it (see :func:`secret_forms`)."""
+        return secret_forms(self.settings.api_token)
+
     def url_for(self, path: str) -> str:
         """Absolute URL for ``path``: account-scoped unless it starts with ``/``."""
         if not path.startswith("/"):
@@ -318,12 +383,17 @@ class NeoleadsHook(BaseHook):
             raise NeoleadsTransportError(
                 method,
                 display_path,
-                type(exc).__name__ + ": " + str(exc),
+                scrub(type(exc).__name__ + ": " + str(exc), self._secret_forms),
                 maybe_delivered=not _never_sent(exc),
             ) from None
         log.debug(
             "%s %s -> %s in %.3f s", method, display_path, response.status_code, time.monotonic() - started
         )
+        if 300 <= response.status_code < 400:
+            # Never followed (allow_redirects=False) and never success: the body is not the API's answer.
+            raise NeoleadsRedirectError(
+                method, display_path, response.status_code, _redirect_location(response, self._secret_forms)
+            )
         if response.status_code >= 400:
             raise self._error_for(method, display_path, response)
         if not response.content:
@@ -335,9 +405,8 @@ class NeoleadsHook(BaseHook):
                 method, display_path, response.status_code, "the server answered with a body that is not JSON"
             ) from None
 
-    @staticmethod
-    def _error_for(method: str, path: str, response: requests.Response) -> NeoleadsApiError:
-        message, attributes, body = _server_message(response)
+    def _error_for(self, method: str, path: str, response: requests.Response) -> NeoleadsApiError:
+        message, attributes, body = _server_message(response, self._secret_forms)
         status = response.status_code
         if status == 422:
             return NeoleadsValidationError(method, path, status, message, body=body, attributes=attributes)
