@@ -8,11 +8,13 @@ Fields may sit in ``extra`` under their plain name or under the legacy ``extra__
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from neoleads_provider.exceptions import NeoleadsConfigError
-from neoleads_provider.webhooks.verify import DEFAULT_HEADER_PREFIX, DEFAULT_TOLERANCE_SECONDS
+from neoleads_provider.webhooks import DEFAULT_HEADER_PREFIX, DEFAULT_TOLERANCE_SECONDS
 from neoleads_provider.whole_numbers import parse_whole_number
 
 if TYPE_CHECKING:
@@ -81,18 +83,53 @@ def parse_secret_list(value: Any) -> list[str]:
     raise NeoleadsConfigError("field 'webhook_secrets' must be a list of strings")
 
 
+# What may precede "://" (RFC 3986's scheme): anything else is not echoed, as it may hold credentials.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_SCHEME_ONLY = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?:/.*)?")
+_HOST_EXPECTED = "must be an http:// or https:// URL, e.g. https://app.neoleads.com"
+
+
 def _normalise_base_url(conn_id: str, host: str | None, schema: str | None, port: int | None) -> str:
-    if not host:
+    """The base URL from the host (plus ``schema`` and ``port`` when the host has none); only http(s).
+
+    Error messages name the scheme at most: the rest of the host may carry ``user:password@``.
+    """
+    if not host or not host.strip():
         raise NeoleadsConfigError(
             f"Connection {conn_id!r} has no host: set it to the Neoleads base URL, e.g. https://app.neoleads.com"
         )
-    host = host.strip().rstrip("/")
-    if "://" not in host:
+    host = host.strip()
+    if "://" not in host and _SCHEME_ONLY.fullmatch(host):
+        # "file:/etc/passwd", "https:": a scheme without "//", not a bare host (whose colon starts a port).
+        host = host.replace(":", "://", 1)
+    if "://" in host:
+        scheme, _, rest = host.partition("://")
+        if not _SCHEME.fullmatch(scheme):
+            raise NeoleadsConfigError(f"Connection {conn_id!r}: field 'host' {_HOST_EXPECTED}")
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise NeoleadsConfigError(
+                f"Connection {conn_id!r}: field 'host' must be an http:// or https:// URL, got scheme {scheme!r}"
+            )
+    else:
         scheme = schema if schema in ("http", "https") else "https"
-        host = f"{scheme}://{host}"
-    if port and host.count(":") < 2:
-        host = f"{host}:{port}"
-    return host
+        rest = host
+    parts = urlsplit(f"{scheme}://{rest.rstrip('/')}")
+    try:
+        hostname, host_port = parts.hostname, parts.port
+        if host_port == 0:
+            raise ValueError
+    except ValueError:  # a port that is not a number, or out of range
+        raise NeoleadsConfigError(
+            f"Connection {conn_id!r}: field 'host' has a port that is not a number from 1 to 65535"
+        ) from None
+    if not hostname:
+        raise NeoleadsConfigError(
+            f"Connection {conn_id!r}: field 'host' must be an http:// or https:// URL with a host name, "
+            f"got '{scheme}://' with none"
+        )
+    netloc = f"{parts.netloc}:{port}" if port and host_port is None else parts.netloc
+    return urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from neoleads_provider.cli.events import http_url, positive_int, with_logs_on_stderr
 from neoleads_provider.events.names import WEBHOOK_EVENTS
+from neoleads_provider.webhooks import DEFAULT_HEADER_PREFIX
 
 __all__ = ["DEFAULT_EVENTS", "WEBHOOK_EVENTS", "register"]
 
@@ -30,7 +31,6 @@ DEFAULT_EVENTS = (
     "conversation_updated",
     "conversation_status_changed",
 )
-DEFAULT_HEADER_PREFIX = "X-Chatwoot-"
 
 
 def _events(text: str) -> list[str]:
@@ -81,6 +81,15 @@ def register(subparsers: Any) -> None:
         action="store_false",
         help="do not log a line per request: the lines cost about 15 %% of the receiver's throughput, "
         "the store records every accepted delivery, and refusals are logged either way",
+    )
+    serve.add_argument(
+        "--conn-id",
+        dest="warm_conn_ids",
+        action="append",
+        default=[],
+        metavar="CONN_ID",
+        help="a connection to look up before the port opens, so its first delivery is answered at once "
+        "(repeatable; neoleads_default always is)",
     )
     serve.set_defaults(func=with_logs_on_stderr(_serve))
 

@@ -84,6 +84,19 @@ class EventWriter:
             self._migrations.ensure(engine)
         return engine
 
+    def open(self) -> None:
+        """Open the store now (migrating it, if this writer migrates) and keep a pooled connection ready.
+
+        :raises EventStoreError: the store cannot be reached or migrated.
+        """
+        from neoleads_provider.store.errors import translate_errors
+
+        with translate_errors():
+            engine = self.engine()
+            # Checked out and returned: the pool keeps it, so the first write needs no new connection.
+            with engine.connect():
+                pass
+
     def _connection(self, engine: Engine) -> Connection:
         conn: Connection | None = getattr(self._held, "conn", None)
         if conn is not None and conn.engine is engine and not conn.closed and not conn.invalidated:

@@ -18,7 +18,8 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from neoleads_provider.webhooks.verify import DEFAULT_HEADER_PREFIX, signed_headers
+from neoleads_provider.webhooks import DEFAULT_HEADER_PREFIX
+from neoleads_provider.webhooks.verify import signed_headers
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -28,7 +28,7 @@ from neoleads_provider.testing.state import (
     SandboxError,
     SandboxState,
 )
-from neoleads_provider.webhooks.verify import DEFAULT_HEADER_PREFIX
+from neoleads_provider.webhooks import DEFAULT_HEADER_PREFIX
 
 if TYPE_CHECKING:
     from types import TracebackType

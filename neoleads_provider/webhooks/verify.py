@@ -16,13 +16,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-DEFAULT_HEADER_PREFIX = "X-Chatwoot-"
-DEFAULT_TOLERANCE_SECONDS = 300
+from neoleads_provider.webhooks import DEFAULT_HEADER_PREFIX, DEFAULT_TOLERANCE_SECONDS
+
 SIGNATURE_SCHEME = "sha256="
 
 __all__ = [
-    "DEFAULT_HEADER_PREFIX",
-    "DEFAULT_TOLERANCE_SECONDS",
     "InvalidTimestampError",
     "MissingHeadersError",
     "NoMatchingSignatureError",

@@ -27,12 +27,8 @@ from neoleads_provider.store.repository import get_event
 from neoleads_provider.store.schema import webhook_events
 from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
 from neoleads_provider.waiting import look_in_store
-from neoleads_provider.webhooks.app import (
-    CONNECTION_CACHE_TTL_SECONDS,
-    MAX_BODY_BYTES,
-    create_app,
-    default_resolve_connection,
-)
+from neoleads_provider.webhooks.app import MAX_BODY_BYTES, create_app
+from neoleads_provider.webhooks.connections import CONNECTION_CACHE_TTL_SECONDS, default_resolve_connection
 from neoleads_provider.webhooks.server import create_server_app
 from neoleads_provider.webhooks.verify import sign
 from tests._helpers import message_payload, post_webhook, serving, signed_now, store_payloads

@@ -21,8 +21,9 @@ from neoleads_provider.store.repository import NewEvent, get_event, insert_event
 from neoleads_provider.store.schema import webhook_events
 from neoleads_provider.store.writer import EventWriter
 from neoleads_provider.webhooks import batching
-from neoleads_provider.webhooks.app import _Delivery, _DeliveryStore, _LogThrottle, create_app
+from neoleads_provider.webhooks.app import create_app
 from neoleads_provider.webhooks.batching import BatchRunner
+from neoleads_provider.webhooks.delivery import Delivery, DeliveryStore, LogThrottle
 from neoleads_provider.webhooks.verify import signed_headers
 from tests._helpers import serving
 
@@ -51,8 +52,8 @@ def row_count(engine: Engine) -> int:
         return conn.execute(select(func.count()).select_from(webhook_events)).scalar_one()
 
 
-def delivery_store(engine: Engine) -> _DeliveryStore:
-    return _DeliveryStore(EventWriter(lambda: engine), _LogThrottle())
+def delivery_store(engine: Engine) -> DeliveryStore:
+    return DeliveryStore(EventWriter(lambda: engine), LogThrottle())
 
 
 def payload(number: int, *, account_id: int = 1) -> dict[str, Any]:
@@ -186,11 +187,11 @@ def test_insert_events_reports_new_and_duplicate_rows_in_order(engine: Engine) -
     assert row_count(engine) == 3
 
 
-def delivery(number: int, delivery_id: str | None = None, body: bytes | None = None) -> _Delivery:
+def delivery(number: int, delivery_id: str | None = None, body: bytes | None = None) -> Delivery:
     from datetime import UTC, datetime
 
     raw = body if body is not None else json.dumps(payload(number)).encode()
-    return _Delivery(CONN_ID, 1, delivery_id or f"d-{number}", raw, datetime.fromtimestamp(T0, UTC))
+    return Delivery(CONN_ID, 1, delivery_id or f"d-{number}", raw, datetime.fromtimestamp(T0, UTC))
 
 
 def test_save_batch_refuses_only_the_bad_body(engine: Engine) -> None:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from neoleads_provider.webhooks import DEFAULT_TOLERANCE_SECONDS
 from neoleads_provider.webhooks.verify import (
-    DEFAULT_TOLERANCE_SECONDS,
     InvalidTimestampError,
     MissingHeadersError,
     NoMatchingSignatureError,

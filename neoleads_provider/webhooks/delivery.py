@@ -1,0 +1,524 @@
+"""The delivery path of the receiver, ``POST /webhooks/{conn_id}``: from the request to its answer.
+
+:class:`DeliveryHandler` runs the checks in order, cheapest and least revealing first (the module
+docstring of :mod:`neoleads_provider.webhooks.app` lists them with their answers), and hands a verified
+delivery to the writer thread, answering only once it is committed. It can be built and tested on its own
+around any ``submit`` coroutine; :func:`~neoleads_provider.webhooks.app.create_app` wires it to the store.
+
+Defences against slow and hostile senders, all per process:
+
+- a whole-request deadline (:data:`REQUEST_DEADLINE_SECONDS` from the moment the headers are in): a body
+  still incomplete then is answered 408 and its connection closed;
+- a budget of unverified body bytes (:data:`MAX_UNVERIFIED_BYTES`): bodies being read or verified may hold
+  at most that much memory together; past it, new deliveries are answered 503 with ``Retry-After`` until
+  earlier ones finish, so unauthenticated uploads cannot starve genuine ones of memory;
+- running out of file descriptors or memory is answered 503, never 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import anyio.to_thread
+
+from neoleads_provider.events.fields import PayloadError, event_identity
+from neoleads_provider.store.errors import EventStoreError
+from neoleads_provider.store.writer import RowRefusedError
+from neoleads_provider.webhooks import URL_TOKEN_SCOPE_KEY
+from neoleads_provider.webhooks.asgi import (
+    BodyTooLargeError,
+    ClientGoneError,
+    header_dict,
+    query_param,
+    read_body,
+    send_json,
+)
+from neoleads_provider.webhooks.body import parse_event_body
+from neoleads_provider.webhooks.connections import MAX_CACHED_CONNECTIONS, ConnectionLookupError
+from neoleads_provider.webhooks.verify import (
+    NoMatchingSignatureError,
+    WebhookVerificationError,
+    header_names,
+    verify,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+    from neoleads_provider.connection import NeoleadsConnectionSettings
+    from neoleads_provider.store.repository import NewEvent
+    from neoleads_provider.store.writer import EventWriter
+    from neoleads_provider.webhooks.asgi import Receive, Scope, Send
+    from neoleads_provider.webhooks.connections import ConnectionCache, Endpoint
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_UNVERIFIED_BYTES",
+    "REQUEST_DEADLINE_SECONDS",
+    "Delivery",
+    "DeliveryHandler",
+    "DeliveryStore",
+    "LogThrottle",
+    "Refusal",
+]
+
+log = logging.getLogger("neoleads_provider.webhooks.app")
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_DELIVERY_ID_LENGTH = 128
+STORE_RETRY_AFTER_SECONDS = 30
+# Neoleads waits 5 s for an answer: a request that has not fully arrived after 10 s is not a genuine one.
+REQUEST_DEADLINE_SECONDS = 10.0
+# 32 bodies of the largest size at once; real deliveries are a few kilobytes.
+MAX_UNVERIFIED_BYTES = 32 * MAX_BODY_BYTES
+BUSY_RETRY_AFTER_SECONDS = 5
+# Refusals and store errors are logged at most this often per kind, with a count of those suppressed.
+LOG_INTERVAL_SECONDS = 60.0
+# Airflow allows more characters in connection ids; these are the ones that survive in a URL path unquoted.
+CONN_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,249}")
+_DELIVERY_ID_RE = re.compile(r"[\x21-\x7e]+")
+
+Answer = tuple[int, dict[str, Any], dict[str, str] | None]
+
+
+def _json_bytes(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+class LogThrottle:
+    """Log a kind of problem at most once per interval, so an outage or a scan cannot flood the log."""
+
+    def __init__(self, interval: float = LOG_INTERVAL_SECONDS) -> None:
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key: str) -> int | None:
+        """Return the number suppressed since the last line if this one should be logged, else None."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return None
+            if len(self._last) > MAX_CACHED_CONNECTIONS:
+                self._last.clear()
+                self._suppressed.clear()
+            self._last[key] = now
+            return self._suppressed.pop(key, 0)
+
+
+class Refusal(Exception):
+    """The answer to a delivery that is not accepted: its status, body and headers."""
+
+    def __init__(
+        self, status_code: int, detail: str, *, headers: dict[str, str] | None = None, logged: bool = False
+    ) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+        self.headers = headers
+        # Already logged where it happened (store errors), with more detail than the refusal line would have.
+        self.logged = logged
+
+
+@dataclass
+class _AuthResult:
+    ok: bool
+    reason: str = ""
+    # Worth re-reading the connection: a wrong signature or token may be a rotated secret.
+    retry_with_fresh_settings: bool = False
+
+
+def _authenticate(
+    settings: NeoleadsConnectionSettings, headers: Any, body: bytes, token: str | None, now: float
+) -> _AuthResult:
+    signature_header, _, _ = header_names(settings.webhook_header_prefix)
+    signed = bool(headers.get(signature_header))
+    if settings.webhook_secrets and (signed or not settings.webhook_allow_unsigned):
+        try:
+            verify(
+                settings.webhook_secrets,
+                headers,
+                body,
+                now=now,
+                tolerance=settings.webhook_tolerance_seconds,
+                prefix=settings.webhook_header_prefix,
+            )
+        except NoMatchingSignatureError as exc:
+            return _AuthResult(False, str(exc), retry_with_fresh_settings=True)
+        except WebhookVerificationError as exc:
+            return _AuthResult(False, str(exc))
+        return _AuthResult(True)
+    if settings.webhook_allow_unsigned:
+        if not token:
+            return _AuthResult(False, "unsigned delivery without ?token=", retry_with_fresh_settings=True)
+        if not hmac.compare_digest(token.encode("utf-8"), settings.webhook_url_token.encode("utf-8")):
+            return _AuthResult(
+                False, "unsigned delivery with a wrong ?token=", retry_with_fresh_settings=True
+            )
+        return _AuthResult(True)
+    return _AuthResult(
+        False,
+        "the connection has no 'webhook_secrets' and 'webhook_allow_unsigned' is off",
+        retry_with_fresh_settings=True,
+    )
+
+
+def _delivery_id(headers: dict[str, str], delivery_header: str, body: bytes) -> str:
+    raw = (headers.get(delivery_header.lower()) or "").strip()
+    if not raw:
+        # Servers older than the delivery header: the body digest still dedupes exact redeliveries.
+        return "sha256:" + hashlib.sha256(body).hexdigest()
+    if len(raw) > MAX_DELIVERY_ID_LENGTH or not _DELIVERY_ID_RE.fullmatch(raw):
+        raise Refusal(
+            400,
+            f"header {delivery_header} must be 1 to {MAX_DELIVERY_ID_LENGTH} printable ASCII characters",
+        )
+    return raw
+
+
+async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes:
+    declared = headers.get("content-length")
+    if declared is not None:
+        declared = declared.strip()
+        if not (declared.isascii() and declared.isdigit()):
+            raise Refusal(400, "Content-Length must be a whole number of bytes")
+        if int(declared) > limit:
+            raise Refusal(413, f"the body is larger than {limit} bytes")
+    try:
+        return await read_body(receive, limit)
+    except BodyTooLargeError:
+        raise Refusal(413, f"the body is larger than {limit} bytes") from None
+    except ClientGoneError:
+        # A sender that gave up mid-upload (its timeout) is routine: a refusal nobody reads, not a 500.
+        raise Refusal(400, "the sender disconnected before the whole body arrived") from None
+
+
+def _check_content_type(headers: dict[str, str]) -> None:
+    value = headers.get("content-type", "")
+    media_type, _, params = value.partition(";")
+    charset = ""
+    for param in params.split(";"):
+        name, _, param_value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = param_value.strip().strip('"').lower()
+    if media_type.strip().lower() != "application/json" or charset not in ("", "utf-8", "utf8"):
+        raise Refusal(415, "Content-Type must be application/json")
+
+
+def _endpoint_refusal(endpoint: Endpoint) -> Refusal | None:
+    if endpoint.status == "unknown":
+        return Refusal(404, "unknown webhook endpoint")
+    if endpoint.status == "misconfigured":
+        return Refusal(503, "webhook endpoint is misconfigured")
+    return None
+
+
+class Delivery(NamedTuple):
+    """A verified delivery on its way to the writer thread."""
+
+    conn_id: str
+    #: The connection's Neoleads account: a payload naming another one is refused.
+    account_id: int
+    delivery_id: str
+    body: bytes
+    received_at: datetime
+
+
+def _parse_delivery(delivery: Delivery) -> NewEvent:
+    """Read a verified delivery into the row to store, or raise the refusal that answers it."""
+    from neoleads_provider.store.repository import NewEvent
+
+    try:
+        text, fields = parse_event_body(delivery.body)
+    except PayloadError as exc:
+        raise Refusal(400, str(exc)) from None
+    except Exception:
+        # A parser bug must cost this delivery alone, not the whole batch.
+        log.exception(
+            "Neoleads webhook %r: delivery %s could not be parsed", delivery.conn_id, delivery.delivery_id
+        )
+        raise Refusal(400, "the body could not be read as a webhook event", logged=True) from None
+    if fields.account_id is not None and fields.account_id != delivery.account_id:
+        # Signed with this connection's secret but about another account: a misrouted webhook, or one
+        # tenant's credential aimed at another's sensors. Never stored, so it can match nothing.
+        log.warning(
+            "Neoleads webhook %r refused delivery %s: its payload is for account %s, the connection's "
+            "account_id is %s",
+            delivery.conn_id,
+            delivery.delivery_id,
+            fields.account_id,
+            delivery.account_id,
+        )
+        raise Refusal(
+            422, f"the payload's account {fields.account_id} is not this endpoint's account", logged=True
+        )
+    return NewEvent(
+        conn_id=delivery.conn_id,
+        delivery_id=delivery.delivery_id,
+        event_key=event_identity(fields, delivery.body),
+        fields=fields,
+        body=text,
+        received_at=delivery.received_at,
+    )
+
+
+class DeliveryStore:
+    """Parse and commit deliveries on the writer thread; one ``(status, event_id)`` or refusal each."""
+
+    def __init__(self, writer: EventWriter, throttle: LogThrottle) -> None:
+        self.writer = writer
+        self._throttle = throttle
+
+    def _unavailable(self, conn_id: str, exc: BaseException) -> Refusal:
+        suppressed = self._throttle.check(f"store:{type(exc.__cause__ or exc).__name__}")
+        if suppressed is not None:
+            more = f" ({suppressed} similar errors not logged)" if suppressed else ""
+            # The error text names the table or the failing statement, never the payload's secrets
+            # (the body holds no credentials) and never the database password.
+            log.error(
+                "Neoleads event store unavailable; answering 503 to webhook %r: %s%s", conn_id, exc, more
+            )
+        return Refusal(
+            503,
+            "event store unavailable",
+            headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+            logged=True,
+        )
+
+    def save_batch(self, deliveries: Sequence[Delivery]) -> list[Any]:
+        """Runs on the writer thread. A body that does not parse is refused alone (400), as is a row the
+        database refuses; a store outage refuses the whole batch with 503."""
+        outcomes: list[Any] = [None] * len(deliveries)
+        parsed: list[tuple[int, NewEvent]] = []
+        for index, delivery in enumerate(deliveries):
+            try:
+                parsed.append((index, _parse_delivery(delivery)))
+            except Refusal as refusal:
+                outcomes[index] = refusal
+        if not parsed:
+            return outcomes
+        try:
+            results = self.writer.write([new for _, new in parsed])
+        except EventStoreError as exc:
+            refusal = self._unavailable(parsed[0][1].conn_id, exc)
+            for index, _ in parsed:
+                outcomes[index] = refusal
+            return outcomes
+        for (index, new), result in zip(parsed, results, strict=True):
+            if isinstance(result, RowRefusedError):
+                outcomes[index] = Refusal(400, "the event store refused the delivery's values")
+            elif isinstance(result, EventStoreError):
+                outcomes[index] = self._unavailable(new.conn_id, result)
+            else:
+                event_id, inserted = result
+                outcomes[index] = ("stored" if inserted else "duplicate", event_id)
+        return outcomes
+
+
+class DeliveryHandler:
+    """``POST /webhooks/{conn_id}`` from request to answer: look the connection up, read, verify, submit.
+
+    :param connections: resolves and caches the connection a URL names.
+    :param submit: commits a :class:`Delivery` and returns ``(status, event_id)``, or raises the
+        :class:`Refusal` that answers it (the batch writer's ``submit``).
+    :param clock: unix time in seconds, for signature timestamps and ``received_at``.
+    :param max_body_bytes: the largest body accepted (413 beyond it).
+    :param request_deadline: seconds from the headers to the end of the body (408 beyond it).
+    :param max_unverified_bytes: bytes of bodies being read or verified at once (503 beyond it).
+    :param writer: the store writer behind ``submit``, for :meth:`warm_up` to open.
+    """
+
+    def __init__(
+        self,
+        *,
+        connections: ConnectionCache,
+        submit: Callable[[Delivery], Awaitable[tuple[str, int]]],
+        clock: Callable[[], float] = time.time,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        request_deadline: float = REQUEST_DEADLINE_SECONDS,
+        max_unverified_bytes: int = MAX_UNVERIFIED_BYTES,
+        throttle: LogThrottle | None = None,
+        writer: EventWriter | None = None,
+    ) -> None:
+        self.connections = connections
+        self._submit = submit
+        self._writer = writer
+        self._clock = clock
+        self.max_body_bytes = max_body_bytes
+        self.request_deadline = request_deadline
+        self.max_unverified_bytes = max(max_unverified_bytes, max_body_bytes)
+        self.throttle = throttle or LogThrottle()
+        #: Bytes reserved by bodies being read or verified (touched on the event loop only).
+        self.unverified_bytes = 0
+
+    def warm_up(self, conn_ids: Iterable[str] = ()) -> None:
+        """Resolve ``conn_ids``, open the store and run the parser and verifier once (blocking)."""
+        from neoleads_provider.events.build import sample_event
+        from neoleads_provider.webhooks.verify import signed_headers
+
+        started = time.monotonic()
+        for conn_id in (*conn_ids, "__neoleads_warm_up__"):
+            # An id that does not exist still loads the connection machinery and walks the backends once.
+            try:
+                self.connections.get(conn_id)
+            except ConnectionLookupError as exc:
+                log.warning("Neoleads webhook receiver warm-up: cannot look %r up yet (%s)", conn_id, exc)
+        if self._writer is not None:
+            try:
+                self._writer.open()
+            except EventStoreError as exc:
+                log.warning("Neoleads webhook receiver warm-up: the event store is not ready yet: %s", exc)
+        body = _json_bytes(sample_event("message_created", now=0))
+        headers = {
+            name.lower(): value
+            for name, value in signed_headers("warm-up", body, timestamp=0, delivery_id="warm-up").items()
+        }
+        with contextlib.suppress(WebhookVerificationError):
+            verify(["warm-up"], headers, body, now=0)
+        parse_event_body(body)
+        log.info("Neoleads webhook receiver warmed up in %.0f ms", (time.monotonic() - started) * 1000)
+
+    def refuse(self, conn_id: str, client: str, refusal: Refusal, reason: str | None = None) -> Answer:
+        """Log the refusal (at most once a minute per connection and status) and return its answer."""
+        suppressed = None if refusal.logged else self.throttle.check(f"{conn_id}:{refusal.status_code}")
+        if suppressed is not None:
+            more = f" ({suppressed} similar refusals not logged)" if suppressed else ""
+            log.warning(
+                "Neoleads webhook %r from %s refused with %s: %s%s",
+                conn_id,
+                client,
+                refusal.status_code,
+                reason or refusal.detail,
+                more,
+            )
+        return refusal.status_code, {"detail": refusal.detail}, refusal.headers
+
+    async def lookup(self, conn_id: str, *, fresh: bool) -> Endpoint | None:
+        """The connection's endpoint: from the cache on the event loop, else looked up on a worker thread."""
+        if not fresh:
+            cached = self.connections.cached(conn_id)
+            if cached is not None:
+                return cached
+        method = self.connections.reread if fresh else self.connections.get
+        return await anyio.to_thread.run_sync(method, conn_id)
+
+    def _reserve(self, headers: dict[str, str]) -> int:
+        declared = headers.get("content-length", "").strip()
+        size = int(declared) if declared.isascii() and declared.isdigit() else self.max_body_bytes
+        size = min(size, self.max_body_bytes)
+        if self.unverified_bytes + size > self.max_unverified_bytes:
+            raise Refusal(
+                503,
+                "receiver busy: too many deliveries are arriving at once",
+                headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+            )
+        self.unverified_bytes += size
+        return size
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive, started: float) -> bytes:
+        remaining = self.request_deadline - (asyncio.get_running_loop().time() - started)
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                return await _read_body(headers, receive, self.max_body_bytes)
+        except TimeoutError:
+            raise Refusal(
+                408,
+                f"the request did not arrive within {self.request_deadline:g} s",
+                headers={"Connection": "close"},
+            ) from None
+
+    async def answer(self, scope: Scope, receive: Receive, conn_id: str, client: str) -> Answer:
+        """Handle one delivery; return the status, the JSON body and extra headers of its answer."""
+        started = asyncio.get_running_loop().time()
+        if not CONN_ID_RE.fullmatch(conn_id):
+            return self.refuse(
+                conn_id[:64], client, Refusal(404, "unknown webhook endpoint"), "malformed conn_id"
+            )
+        try:
+            endpoint = await self.lookup(conn_id, fresh=False)
+            assert endpoint is not None
+            refusal = _endpoint_refusal(endpoint)
+            if refusal is not None:
+                return self.refuse(conn_id, client, refusal)
+            assert endpoint.settings is not None
+
+            headers = header_dict(scope)
+            reserved = self._reserve(headers)
+            try:
+                body = await self._read_body(headers, receive, started)
+                _check_content_type(headers)
+                now = self._clock()
+                # Taken out of the query string by the plugin's root middleware on the API server.
+                token = scope.get(URL_TOKEN_SCOPE_KEY) or query_param(scope, "token")
+                auth = _authenticate(endpoint.settings, headers, body, token, now)
+                if not auth.ok and auth.retry_with_fresh_settings:
+                    refreshed = await self.lookup(conn_id, fresh=True)
+                    if refreshed is not None:
+                        refusal = _endpoint_refusal(refreshed)
+                        if refusal is not None:
+                            return self.refuse(conn_id, client, refusal)
+                        assert refreshed.settings is not None
+                        endpoint = refreshed
+                        auth = _authenticate(refreshed.settings, headers, body, token, now)
+            finally:
+                self.unverified_bytes -= reserved
+            if not auth.ok:
+                return self.refuse(conn_id, client, Refusal(401, "unauthorized"), auth.reason)
+            settings = endpoint.settings
+            assert settings is not None
+
+            delivery_id = _delivery_id(headers, f"{settings.webhook_header_prefix}Delivery", body)
+            received_at = datetime.fromtimestamp(now, UTC)
+            # Parsed and committed on the writer thread, together with whatever else arrived meanwhile
+            # (group commit); answered only once committed. A bad body comes back as a 400 refusal.
+            status, event_id = await self._submit(
+                Delivery(conn_id, settings.account_id, delivery_id, body, received_at)
+            )
+        except Refusal as refusal:
+            return self.refuse(conn_id, client, refusal)
+        except ConnectionLookupError as exc:
+            suppressed = self.throttle.check(f"{conn_id}:lookup")
+            if suppressed is not None:
+                log.error(
+                    "Neoleads webhook %r: could not look the connection up (%s)", conn_id, exc.__cause__
+                )
+            return 503, {"detail": "webhook endpoint temporarily unavailable"}, {"Retry-After": "30"}
+        # DEBUG, not INFO: at hundreds of deliveries a second the line cost a fifth of the receiver's time,
+        # and the store already records each delivery id with its event id (refusals are still logged).
+        log.debug("Neoleads webhook %r: %s delivery %s as event %s", conn_id, status, delivery_id, event_id)
+        return 200, {"status": status, "delivery_id": delivery_id, "event_id": event_id}, None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, conn_id: str) -> None:
+        client_address = scope.get("client")
+        client = client_address[0] if client_address else "?"
+        try:
+            status, content, headers = await self.answer(scope, receive, conn_id, client)
+        except (OSError, MemoryError) as exc:
+            # Out of file descriptors or memory (a flood of connections): a busy answer the sender may
+            # retry, not an internal error.
+            suppressed = self.throttle.check(f"resources:{type(exc).__name__}")
+            if suppressed is not None:
+                log.error("Neoleads webhook receiver out of resources (%s); answering 503", exc)
+            status, content, headers = (
+                503,
+                {"detail": "receiver temporarily out of resources"},
+                {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+            )
+        except Exception:
+            log.exception("Neoleads webhook %r from %s: unexpected error", conn_id[:64], client)
+            status, content, headers = 500, {"detail": "internal error"}, None
+        await send_json(send, status, content, headers)
