@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from neoleads_provider.store.engine import dispose_engines, get_engine
-from neoleads_provider.store.migrate import migrate
+from neoleads_provider.store.engine import get_engine
 from neoleads_provider.webhooks import URL_TOKEN_SCOPE_KEY
 from neoleads_provider.webhooks.app import create_app
 from neoleads_provider.webhooks.connections import ConnectionCache
@@ -37,14 +36,6 @@ if TYPE_CHECKING:
 
 CONN_ID = "neoleads_defended"
 SECRET = "defences-secret-7a91c3"
-
-
-@pytest.fixture
-def events_url(tmp_path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'events.db'}"
-    migrate(get_engine(url))
-    yield url
-    dispose_engines()
 
 
 @pytest.fixture(autouse=True)
@@ -227,7 +218,8 @@ def _resolve(conn_id: str) -> Any:
     return default_resolve_connection(conn_id)
 
 
-async def _call(handler: DeliveryHandler, body: bytes, headers: dict[str, str], query: bytes = b"") -> Any:
+async def _call(handler: DeliveryHandler, body: bytes, headers: dict[str, str], **scope_extra: Any) -> Any:
+    """Run one delivery through the handler alone; return the status, headers and JSON answer."""
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[dict[str, Any]] = []
 
@@ -241,9 +233,10 @@ async def _call(handler: DeliveryHandler, body: bytes, headers: dict[str, str], 
         "type": "http",
         "method": "POST",
         "path": f"/webhooks/{CONN_ID}",
-        "query_string": query,
+        "query_string": b"",
         "headers": [(name.lower().encode(), value.encode()) for name, value in headers.items()],
         "client": ("127.0.0.1", 1),
+        **scope_extra,
     }
     await handler(scope, receive, send, CONN_ID)
     start = next(message for message in sent if message["type"] == "http.response.start")
@@ -298,30 +291,9 @@ def test_the_url_token_the_root_middleware_took_out_still_authenticates(monkeypa
     body = _body()
     headers = {"Content-Type": "application/json"}
 
-    async def with_scope_token() -> Any:
-        # As ReceiverRootMiddleware leaves it: the token in the scope, none in the query string.
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            return messages.pop(0)
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": f"/webhooks/{CONN_ID}",
-            "query_string": b"",
-            URL_TOKEN_SCOPE_KEY: "url-token-0f3e7d9a2b",
-            "headers": [(b"content-type", b"application/json")],
-            "client": ("127.0.0.1", 1),
-        }
-        await handler(scope, receive, send, CONN_ID)
-        return sent[0]["status"]
-
-    assert asyncio.run(with_scope_token()) == 200
+    # As ReceiverRootMiddleware leaves it: the token in the scope, none in the query string.
+    scope_token = {URL_TOKEN_SCOPE_KEY: "url-token-0f3e7d9a2b"}
+    assert asyncio.run(_call(handler, body, headers, **scope_token))[0] == 200
     assert asyncio.run(_call(handler, body, headers))[0] == 401
 
 

@@ -14,9 +14,8 @@ import pytest
 
 from neoleads_provider.events.filter import EventFilter
 from neoleads_provider.hooks.neoleads import NeoleadsHook
-from neoleads_provider.store.engine import dispose_engines, get_engine
+from neoleads_provider.store.engine import get_engine
 from neoleads_provider.store.matching import find_matches
-from neoleads_provider.store.migrate import migrate
 from neoleads_provider.triggers.events import NeoleadsEventTrigger
 from neoleads_provider.waiting import look_in_store
 from neoleads_provider.webhooks.app import create_app
@@ -29,14 +28,6 @@ if TYPE_CHECKING:
 
 CONN_ID = "neoleads_default"
 ACCOUNT_WEBHOOK_SECRET = "account-webhook-secret-5f1e"
-
-
-@pytest.fixture
-def events_url(tmp_path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'events.db'}"
-    migrate(get_engine(url))
-    yield url
-    dispose_engines()
 
 
 @pytest.fixture
