@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from neoleads_provider.events.names import EVENT_NAME_MAX_LENGTH, EVENT_NAME_PATTERN
 from neoleads_provider.store.writer import EventWriter
+from neoleads_provider.webhooks.answers import LogThrottle
 from neoleads_provider.webhooks.asgi import route_path, send_json
 from neoleads_provider.webhooks.batching import BatchRunner
 from neoleads_provider.webhooks.body import MAX_JSON_DEPTH
@@ -44,9 +45,8 @@ from neoleads_provider.webhooks.delivery import (
     MAX_UNVERIFIED_BYTES,
     REQUEST_DEADLINE_SECONDS,
     DeliveryHandler,
-    DeliveryStore,
-    LogThrottle,
 )
+from neoleads_provider.webhooks.delivery_store import DeliveryStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable

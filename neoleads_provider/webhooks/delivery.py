@@ -24,18 +24,16 @@ import hmac
 import json
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
-from neoleads_provider.events.fields import PayloadError, event_identity
 from neoleads_provider.store.errors import EventStoreError
-from neoleads_provider.store.writer import RowRefusedError
 from neoleads_provider.webhooks import URL_TOKEN_SCOPE_KEY
+from neoleads_provider.webhooks.answers import Answer, LogThrottle, Refusal
 from neoleads_provider.webhooks.asgi import (
     BodyTooLargeError,
     ClientGoneError,
@@ -45,7 +43,8 @@ from neoleads_provider.webhooks.asgi import (
     send_json,
 )
 from neoleads_provider.webhooks.body import parse_event_body
-from neoleads_provider.webhooks.connections import MAX_CACHED_CONNECTIONS, ConnectionLookupError
+from neoleads_provider.webhooks.connections import ConnectionLookupError
+from neoleads_provider.webhooks.delivery_store import Delivery
 from neoleads_provider.webhooks.verify import (
     NoMatchingSignatureError,
     WebhookVerificationError,
@@ -54,10 +53,9 @@ from neoleads_provider.webhooks.verify import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable
 
     from neoleads_provider.connection import NeoleadsConnectionSettings
-    from neoleads_provider.store.repository import NewEvent
     from neoleads_provider.store.writer import EventWriter
     from neoleads_provider.webhooks.asgi import Receive, Scope, Send
     from neoleads_provider.webhooks.connections import ConnectionCache, Endpoint
@@ -66,72 +64,25 @@ __all__ = [
     "MAX_BODY_BYTES",
     "MAX_UNVERIFIED_BYTES",
     "REQUEST_DEADLINE_SECONDS",
-    "Delivery",
     "DeliveryHandler",
-    "DeliveryStore",
-    "LogThrottle",
-    "Refusal",
 ]
 
 log = logging.getLogger("neoleads_provider.webhooks.app")
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_DELIVERY_ID_LENGTH = 128
-STORE_RETRY_AFTER_SECONDS = 30
 # Neoleads waits 5 s for an answer: a request that has not fully arrived after 10 s is not a genuine one.
 REQUEST_DEADLINE_SECONDS = 10.0
 # 32 bodies of the largest size at once; real deliveries are a few kilobytes.
 MAX_UNVERIFIED_BYTES = 32 * MAX_BODY_BYTES
 BUSY_RETRY_AFTER_SECONDS = 5
-# Refusals and store errors are logged at most this often per kind, with a count of those suppressed.
-LOG_INTERVAL_SECONDS = 60.0
 # Airflow allows more characters in connection ids; these are the ones that survive in a URL path unquoted.
 CONN_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,249}")
 _DELIVERY_ID_RE = re.compile(r"[\x21-\x7e]+")
 
-Answer = tuple[int, dict[str, Any], dict[str, str] | None]
-
 
 def _json_bytes(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
-
-
-class LogThrottle:
-    """Log a kind of problem at most once per interval, so an outage or a scan cannot flood the log."""
-
-    def __init__(self, interval: float = LOG_INTERVAL_SECONDS) -> None:
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def check(self, key: str) -> int | None:
-        """Return the number suppressed since the last line if this one should be logged, else None."""
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._interval:
-                self._suppressed[key] = self._suppressed.get(key, 0) + 1
-                return None
-            if len(self._last) > MAX_CACHED_CONNECTIONS:
-                self._last.clear()
-                self._suppressed.clear()
-            self._last[key] = now
-            return self._suppressed.pop(key, 0)
-
-
-class Refusal(Exception):
-    """The answer to a delivery that is not accepted: its status, body and headers."""
-
-    def __init__(
-        self, status_code: int, detail: str, *, headers: dict[str, str] | None = None, logged: bool = False
-    ) -> None:
-        super().__init__(detail)
-        self.status_code = status_code
-        self.detail = detail
-        self.headers = headers
-        # Already logged where it happened (store errors), with more detail than the refusal line would have.
-        self.logged = logged
 
 
 @dataclass
@@ -225,108 +176,6 @@ def _endpoint_refusal(endpoint: Endpoint) -> Refusal | None:
     if endpoint.status == "misconfigured":
         return Refusal(503, "webhook endpoint is misconfigured")
     return None
-
-
-class Delivery(NamedTuple):
-    """A verified delivery on its way to the writer thread."""
-
-    conn_id: str
-    #: The connection's Neoleads account: a payload naming another one is refused.
-    account_id: int
-    delivery_id: str
-    body: bytes
-    received_at: datetime
-
-
-def _parse_delivery(delivery: Delivery) -> NewEvent:
-    """Read a verified delivery into the row to store, or raise the refusal that answers it."""
-    from neoleads_provider.store.repository import NewEvent
-
-    try:
-        text, fields = parse_event_body(delivery.body)
-    except PayloadError as exc:
-        raise Refusal(400, str(exc)) from None
-    except Exception:
-        # A parser bug must cost this delivery alone, not the whole batch.
-        log.exception(
-            "Neoleads webhook %r: delivery %s could not be parsed", delivery.conn_id, delivery.delivery_id
-        )
-        raise Refusal(400, "the body could not be read as a webhook event", logged=True) from None
-    if fields.account_id is not None and fields.account_id != delivery.account_id:
-        # Signed with this connection's secret but about another account: a misrouted webhook, or one
-        # tenant's credential aimed at another's sensors. Never stored, so it can match nothing.
-        log.warning(
-            "Neoleads webhook %r refused delivery %s: its payload is for account %s, the connection's "
-            "account_id is %s",
-            delivery.conn_id,
-            delivery.delivery_id,
-            fields.account_id,
-            delivery.account_id,
-        )
-        raise Refusal(
-            422, f"the payload's account {fields.account_id} is not this endpoint's account", logged=True
-        )
-    return NewEvent(
-        conn_id=delivery.conn_id,
-        delivery_id=delivery.delivery_id,
-        event_key=event_identity(fields, delivery.body),
-        fields=fields,
-        body=text,
-        received_at=delivery.received_at,
-    )
-
-
-class DeliveryStore:
-    """Parse and commit deliveries on the writer thread; one ``(status, event_id)`` or refusal each."""
-
-    def __init__(self, writer: EventWriter, throttle: LogThrottle) -> None:
-        self.writer = writer
-        self._throttle = throttle
-
-    def _unavailable(self, conn_id: str, exc: BaseException) -> Refusal:
-        suppressed = self._throttle.check(f"store:{type(exc.__cause__ or exc).__name__}")
-        if suppressed is not None:
-            more = f" ({suppressed} similar errors not logged)" if suppressed else ""
-            # The error text names the table or the failing statement, never the payload's secrets
-            # (the body holds no credentials) and never the database password.
-            log.error(
-                "Neoleads event store unavailable; answering 503 to webhook %r: %s%s", conn_id, exc, more
-            )
-        return Refusal(
-            503,
-            "event store unavailable",
-            headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
-            logged=True,
-        )
-
-    def save_batch(self, deliveries: Sequence[Delivery]) -> list[Any]:
-        """Runs on the writer thread. A body that does not parse is refused alone (400), as is a row the
-        database refuses; a store outage refuses the whole batch with 503."""
-        outcomes: list[Any] = [None] * len(deliveries)
-        parsed: list[tuple[int, NewEvent]] = []
-        for index, delivery in enumerate(deliveries):
-            try:
-                parsed.append((index, _parse_delivery(delivery)))
-            except Refusal as refusal:
-                outcomes[index] = refusal
-        if not parsed:
-            return outcomes
-        try:
-            results = self.writer.write([new for _, new in parsed])
-        except EventStoreError as exc:
-            refusal = self._unavailable(parsed[0][1].conn_id, exc)
-            for index, _ in parsed:
-                outcomes[index] = refusal
-            return outcomes
-        for (index, new), result in zip(parsed, results, strict=True):
-            if isinstance(result, RowRefusedError):
-                outcomes[index] = Refusal(400, "the event store refused the delivery's values")
-            elif isinstance(result, EventStoreError):
-                outcomes[index] = self._unavailable(new.conn_id, result)
-            else:
-                event_id, inserted = result
-                outcomes[index] = ("stored" if inserted else "duplicate", event_id)
-        return outcomes
 
 
 class DeliveryHandler:

@@ -21,9 +21,10 @@ from neoleads_provider.store.repository import NewEvent, get_event, insert_event
 from neoleads_provider.store.schema import webhook_events
 from neoleads_provider.store.writer import EventWriter
 from neoleads_provider.webhooks import batching
+from neoleads_provider.webhooks.answers import LogThrottle
 from neoleads_provider.webhooks.app import create_app
 from neoleads_provider.webhooks.batching import BatchRunner
-from neoleads_provider.webhooks.delivery import Delivery, DeliveryStore, LogThrottle
+from neoleads_provider.webhooks.delivery_store import Delivery, DeliveryStore
 from neoleads_provider.webhooks.verify import signed_headers
 from tests._helpers import serving
 

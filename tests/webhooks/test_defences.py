@@ -17,9 +17,10 @@ import pytest
 
 from neoleads_provider.store.engine import get_engine
 from neoleads_provider.webhooks import URL_TOKEN_SCOPE_KEY
+from neoleads_provider.webhooks.answers import Refusal
 from neoleads_provider.webhooks.app import create_app
 from neoleads_provider.webhooks.connections import ConnectionCache
-from neoleads_provider.webhooks.delivery import DeliveryHandler, Refusal
+from neoleads_provider.webhooks.delivery import DeliveryHandler
 from neoleads_provider.webhooks.server import _head_deadline_protocol, create_server_app
 from tests._helpers import (
     connection_env,
