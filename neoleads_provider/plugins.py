@@ -73,6 +73,8 @@ class LazyReceiverApp:
 receiver_app = LazyReceiverApp()
 
 _WEBHOOK_PATH = f"{URL_PREFIX}/webhooks/".encode()
+#: How long the API server's startup waits for the receiver's warm-up at most.
+WARM_UP_WAIT_SECONDS = 10.0
 
 
 def _take_token(scope: Scope) -> None:
@@ -112,8 +114,12 @@ class ReceiverRootMiddleware:
             if message.get("type") == "lifespan.startup":
                 import anyio.to_thread
 
-                # Before the startup message reaches the API server: it accepts requests only after it.
-                await anyio.to_thread.run_sync(self.receiver.warm_up)
+                # Before the startup message reaches the API server, which accepts requests only after it;
+                # but never longer than WARM_UP_WAIT_SECONDS (an unreachable store must not hold the whole
+                # API server back): the warm-up then finishes in the background.
+                warming = threading.Thread(target=self.receiver.warm_up, name="neoleads-warm-up", daemon=True)
+                warming.start()
+                await anyio.to_thread.run_sync(warming.join, WARM_UP_WAIT_SECONDS)
             return message
 
         return receive_and_warm_up

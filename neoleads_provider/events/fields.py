@@ -274,7 +274,12 @@ _CREATED_OBJECT = {
 }
 
 
-def event_identity(fields: EventFields, body: bytes) -> str:
+#: Copies of an event that has no object id are recognised within windows of this length: a replay must
+#: arrive within the signature tolerance (300 s), and both delivery paths send within seconds.
+BODY_IDENTITY_WINDOW_SECONDS = 300
+
+
+def event_identity(fields: EventFields, body: bytes, *, received_at: float | None = None) -> str:
     """The identity of the logical event a delivery carries, the same for every copy of it.
 
     Neoleads sends each inbox event to every account webhook *and* to the API inbox's ``webhook_url``, each
@@ -282,12 +287,18 @@ def event_identity(fields: EventFields, body: bytes) -> str:
     A creation event happens once per object, so its identity is the object: ``message_created`` of message
     42 in account 1 is ``message_created:1:42`` however it arrived. Other events carry no stamp that is sure
     to change between two real events (``Message#webhook_data`` has no ``updated_at``), so their identity is
-    the exact body: both delivery paths serialise the same payload once built, and a replay repeats the bytes.
-    Two genuine events with byte-identical bodies say the same thing, so keeping one loses nothing.
+    the exact body within a window of :data:`BODY_IDENTITY_WINDOW_SECONDS`: both delivery paths serialise
+    the same payload once built, and a replay repeats the bytes within the signature tolerance; a genuine
+    event that repeats an earlier body later (a second ``conversation_typing_on``) is a new event.
+
+    :param received_at: unix time the delivery arrived; None leaves the window out of the key.
     """
     object_field = _CREATED_OBJECT.get(fields.event)
     if object_field is not None:
         object_id = getattr(fields, object_field)
         if object_id is not None:
             return f"{fields.event}:{fields.account_id or 0}:{object_id}"
-    return "sha256:" + hashlib.sha256(body).hexdigest()
+    key = "sha256:" + hashlib.sha256(body).hexdigest()
+    if received_at is None:
+        return key
+    return f"{key}:{int(received_at // BODY_IDENTITY_WINDOW_SECONDS)}"

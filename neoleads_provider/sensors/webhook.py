@@ -287,6 +287,9 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=True, xcom_value=found)
 
     def execute(self, context: Context) -> Any:
+        if isinstance(self.events_db_url, str):
+            # Rendered now: a templated URL's password is only known here.
+            self._mask_db_password(self.events_db_url)
         if not self.deferrable:
             return super().execute(context)
         first_look = self.poke(context)

@@ -113,8 +113,14 @@ def _create(url: URL) -> Engine:
         engine = create_engine(url, future=True, connect_args={"cached_statements": 512})
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
-    # PostgreSQL (and anything else with a server): test a pooled connection before handing it out.
-    return create_engine(url, pool_pre_ping=True, future=True)
+    # PostgreSQL (and anything else with a server): test a pooled connection before handing it out, and
+    # give up on a connect after 10 s rather than the operating system's minutes.
+    connect_args = (
+        {"connect_timeout": 10}
+        if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query
+        else {}
+    )
+    return create_engine(url, pool_pre_ping=True, future=True, connect_args=connect_args)
 
 
 def get_engine(url: str | None = None) -> Engine:

@@ -85,7 +85,7 @@ def _step_3_scope_events_to_connections(conn: Connection) -> None:
         )
         conn.exec_driver_sql(f'DROP TABLE "{table}_v2"')
         return
-    conn.exec_driver_sql(f'ALTER TABLE "{table}" ADD COLUMN event_key VARCHAR(128)')
+    conn.exec_driver_sql(f'ALTER TABLE "{table}" ADD COLUMN event_key VARCHAR(160)')
     conn.exec_driver_sql(f"UPDATE \"{table}\" SET event_key = 'legacy:' || delivery_id")  # noqa: S608
     conn.exec_driver_sql(f'ALTER TABLE "{table}" ALTER COLUMN event_key SET NOT NULL')
     conn.exec_driver_sql(f'ALTER TABLE "{table}" DROP CONSTRAINT IF EXISTS "{_V2_DELIVERY_UNIQUE}"')

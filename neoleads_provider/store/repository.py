@@ -199,19 +199,11 @@ def insert_events(conn: Connection, events: Sequence[NewEvent]) -> list[tuple[in
     ``inserted`` is False for a delivery already stored: the same delivery id on the same connection, or
     another copy of the same logical event (``event_key``), stored earlier or earlier in ``events``; its id
     is then the stored event's. One multi-row statement costs about as much as one single-row insert, which
-    is what lets the receiver commit a batch of concurrent deliveries at once.
-
-    :raises ValueError: two events in ``events`` share a connection and delivery id but not their content.
+    is what lets the receiver commit a batch of concurrent deliveries at once. A delivery id repeated in
+    ``events`` with another body is the first one's duplicate too: the delivery id names the delivery.
     """
     if not events:
         return []
-    if len({(new.conn_id, new.delivery_id) for new in events}) < len(events):
-        # The caller (the receiver's batch) passes each delivery id once per connection.
-        seen: dict[tuple[str, str], NewEvent] = {}
-        for new in events:
-            first = seen.setdefault((new.conn_id, new.delivery_id), new)
-            if first is not new and first.event_key != new.event_key:
-                raise ValueError(f"delivery id {new.delivery_id!r} appears twice with different bodies")
     if conn.dialect.name in ("postgresql", "sqlite") and conn.dialect.insert_returning:
         inserted = _insert_rows(conn, events)
     else:

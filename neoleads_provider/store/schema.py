@@ -45,7 +45,7 @@ webhook_events = Table(
     Column("delivery_id", String(128), nullable=False),
     # The logical event (events.event_identity): the same for its copy through the other delivery path
     # and for a replay under a new delivery id, so each is stored once.
-    Column("event_key", String(128), nullable=False),
+    Column("event_key", String(160), nullable=False),
     Column("event", String(64), nullable=False),
     Column("account_id", BigInteger),
     Column("inbox_id", BigInteger),
@@ -68,6 +68,8 @@ webhook_events = Table(
     Index(None, "conn_id", "inbox_id", "event", "id"),
     # Retention deletes by age.
     Index(None, "received_at"),
+    # Never reuse an id, even after a purge empties the table: watchers' cursors are ids.
+    sqlite_autoincrement=True,
 )
 
 # The bulk operator's idempotency record: one row per (task instance, input row). ``pending`` is written with

@@ -252,6 +252,7 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     request_deadline: float = REQUEST_DEADLINE_SECONDS,
     max_unverified_bytes: int = MAX_UNVERIFIED_BYTES,
+    max_unverified_bytes_per_client: int | None = None,
 ) -> WebhookReceiverApp:
     """Build the receiver app (routes ``/webhooks/{conn_id}``, ``/_health`` and ``/openapi.json``).
 
@@ -259,12 +260,14 @@ def create_app(
         :func:`~neoleads_provider.webhooks.connections.default_resolve_connection`.
     :param engine_factory: returns the event store engine; default ``store.engine.get_engine``.
     :param clock: unix time in seconds, for signature timestamps, ``received_at`` and the connection cache.
-    :param auto_migrate: create or upgrade the store schema on the first delivery (the Airflow plugin does).
+    :param auto_migrate: create or upgrade the store schema on the first write or :meth:`~WebhookReceiverApp.warm_up`
+        (the Airflow plugin does).
     :param cache_ttl: how long a connection lookup is reused, and how often a failed verification may
         force a fresh one.
     :param max_body_bytes: the largest body accepted.
     :param request_deadline: seconds a request may take to arrive once its headers are in (408 after).
     :param max_unverified_bytes: bytes of bodies being read or verified at once (503 beyond it).
+    :param max_unverified_bytes_per_client: the same for one client address (default a quarter of it).
     """
     if engine_factory is None:
         from neoleads_provider.store.engine import get_engine
@@ -284,6 +287,7 @@ def create_app(
         max_body_bytes=max_body_bytes,
         request_deadline=request_deadline,
         max_unverified_bytes=max_unverified_bytes,
+        max_unverified_bytes_per_client=max_unverified_bytes_per_client,
         throttle=throttle,
     )
 

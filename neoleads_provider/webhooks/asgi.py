@@ -74,9 +74,10 @@ def query_param(scope: Scope, name: str) -> str | None:
     return value
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
+async def read_body(receive: Receive, limit: int, on_chunk: Callable[[int], None] | None = None) -> bytes:
     """Read the whole body, refusing it as soon as it is longer than ``limit`` bytes.
 
+    :param on_chunk: called with each chunk's size as it arrives (it may raise to stop the read).
     :raises BodyTooLargeError: more than ``limit`` bytes arrived.
     :raises ClientGoneError: the client disconnected first.
     """
@@ -92,6 +93,8 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             # Counted while streaming: a chunked upload declares no length.
             if size > limit:
                 raise BodyTooLargeError
+            if on_chunk is not None:
+                on_chunk(len(chunk))
             chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

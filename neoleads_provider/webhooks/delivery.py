@@ -9,9 +9,10 @@ Defences against slow and hostile senders, all per process:
 
 - a whole-request deadline (:data:`REQUEST_DEADLINE_SECONDS` from the moment the headers are in): a body
   still incomplete then is answered 408 and its connection closed;
-- a budget of unverified body bytes (:data:`MAX_UNVERIFIED_BYTES`): bodies being read or verified may hold
-  at most that much memory together; past it, new deliveries are answered 503 with ``Retry-After`` until
-  earlier ones finish, so unauthenticated uploads cannot starve genuine ones of memory;
+- a budget of unverified body bytes (:data:`MAX_UNVERIFIED_BYTES`), charged as the bytes arrive: bodies
+  being read or verified may hold at most that much memory together, and one client address a quarter of
+  it; past it, a delivery is answered 503 with ``Retry-After``, so unauthenticated uploads cannot starve
+  genuine ones of memory, and declaring a large body without sending it holds nothing;
 - running out of file descriptors or memory is answered 503, never 500.
 """
 
@@ -76,6 +77,8 @@ REQUEST_DEADLINE_SECONDS = 10.0
 # 32 bodies of the largest size at once; real deliveries are a few kilobytes.
 MAX_UNVERIFIED_BYTES = 32 * MAX_BODY_BYTES
 BUSY_RETRY_AFTER_SECONDS = 5
+# Connection lookups (secrets backend, metadata database) running at once.
+LOOKUP_THREADS = 8
 # Airflow allows more characters in connection ids; these are the ones that survive in a URL path unquoted.
 CONN_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,249}")
 _DELIVERY_ID_RE = re.compile(r"[\x21-\x7e]+")
@@ -141,7 +144,9 @@ def _delivery_id(headers: dict[str, str], delivery_header: str, body: bytes) -> 
     return raw
 
 
-async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes:
+async def _read_body(
+    headers: dict[str, str], receive: Receive, limit: int, on_chunk: Callable[[int], None]
+) -> bytes:
     declared = headers.get("content-length")
     if declared is not None:
         declared = declared.strip()
@@ -150,7 +155,7 @@ async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> b
         if int(declared) > limit:
             raise Refusal(413, f"the body is larger than {limit} bytes")
     try:
-        return await read_body(receive, limit)
+        return await read_body(receive, limit, on_chunk)
     except BodyTooLargeError:
         raise Refusal(413, f"the body is larger than {limit} bytes") from None
     except ClientGoneError:
@@ -188,6 +193,7 @@ class DeliveryHandler:
     :param max_body_bytes: the largest body accepted (413 beyond it).
     :param request_deadline: seconds from the headers to the end of the body (408 beyond it).
     :param max_unverified_bytes: bytes of bodies being read or verified at once (503 beyond it).
+    :param max_unverified_bytes_per_client: the same, for one client address; default a quarter of the whole.
     :param writer: the store writer behind ``submit``, for :meth:`warm_up` to open.
     """
 
@@ -200,6 +206,7 @@ class DeliveryHandler:
         max_body_bytes: int = MAX_BODY_BYTES,
         request_deadline: float = REQUEST_DEADLINE_SECONDS,
         max_unverified_bytes: int = MAX_UNVERIFIED_BYTES,
+        max_unverified_bytes_per_client: int | None = None,
         throttle: LogThrottle | None = None,
         writer: EventWriter | None = None,
     ) -> None:
@@ -210,9 +217,16 @@ class DeliveryHandler:
         self.max_body_bytes = max_body_bytes
         self.request_deadline = request_deadline
         self.max_unverified_bytes = max(max_unverified_bytes, max_body_bytes)
+        self.max_unverified_bytes_per_client = (
+            max_unverified_bytes_per_client
+            if max_unverified_bytes_per_client is not None
+            else max(self.max_unverified_bytes // 4, max_body_bytes)
+        )
         self.throttle = throttle or LogThrottle()
-        #: Bytes reserved by bodies being read or verified (touched on the event loop only).
+        #: Bytes of bodies being read or verified, in all and by client (touched on the event loop only).
         self.unverified_bytes = 0
+        self._by_client: dict[str, int] = {}
+        self._lookup_limiter: anyio.CapacityLimiter | None = None
 
     def warm_up(self, conn_ids: Iterable[str] = ()) -> None:
         """Resolve ``conn_ids``, open the store and run the parser and verifier once (blocking)."""
@@ -263,26 +277,49 @@ class DeliveryHandler:
             if cached is not None:
                 return cached
         method = self.connections.reread if fresh else self.connections.get
-        return await anyio.to_thread.run_sync(method, conn_id)
+        if self._lookup_limiter is None:
+            self._lookup_limiter = anyio.CapacityLimiter(LOOKUP_THREADS)
+        # A limiter of its own: a flood of random connection ids must not take the worker threads the
+        # API server's own endpoints (and this receiver's cached lookups) need.
+        return await anyio.to_thread.run_sync(method, conn_id, limiter=self._lookup_limiter)
 
-    def _reserve(self, headers: dict[str, str]) -> int:
-        declared = headers.get("content-length", "").strip()
-        size = int(declared) if declared.isascii() and declared.isdigit() else self.max_body_bytes
-        size = min(size, self.max_body_bytes)
-        if self.unverified_bytes + size > self.max_unverified_bytes:
+    def _charge(self, client: str, held: list[int], size: int) -> None:
+        """Count ``size`` more bytes of an unverified body against the budgets, or refuse it (503).
+
+        Charged as the bytes arrive, not as declared: a sender that declares a megabyte and sends nothing
+        holds nothing. One client may hold at most a quarter of the budget.
+        """
+        by_client = self._by_client.get(client, 0)
+        if (
+            self.unverified_bytes + size > self.max_unverified_bytes
+            or by_client + size > self.max_unverified_bytes_per_client
+        ):
             raise Refusal(
                 503,
                 "receiver busy: too many deliveries are arriving at once",
-                headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+                headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS), "Connection": "close"},
             )
         self.unverified_bytes += size
-        return size
+        self._by_client[client] = by_client + size
+        held[0] += size
 
-    async def _read_body(self, headers: dict[str, str], receive: Receive, started: float) -> bytes:
+    def _release(self, client: str, held: int) -> None:
+        self.unverified_bytes -= held
+        remaining = self._by_client.get(client, 0) - held
+        if remaining > 0:
+            self._by_client[client] = remaining
+        else:
+            self._by_client.pop(client, None)
+
+    async def _read_body(
+        self, headers: dict[str, str], receive: Receive, started: float, client: str, held: list[int]
+    ) -> bytes:
         remaining = self.request_deadline - (asyncio.get_running_loop().time() - started)
         try:
             async with asyncio.timeout(max(0.0, remaining)):
-                return await _read_body(headers, receive, self.max_body_bytes)
+                return await _read_body(
+                    headers, receive, self.max_body_bytes, lambda size: self._charge(client, held, size)
+                )
         except TimeoutError:
             raise Refusal(
                 408,
@@ -306,9 +343,9 @@ class DeliveryHandler:
             assert endpoint.settings is not None
 
             headers = header_dict(scope)
-            reserved = self._reserve(headers)
+            held = [0]  # bytes of this body charged against the budgets
             try:
-                body = await self._read_body(headers, receive, started)
+                body = await self._read_body(headers, receive, started, client, held)
                 _check_content_type(headers)
                 now = self._clock()
                 # Taken out of the query string by the plugin's root middleware on the API server.
@@ -324,7 +361,7 @@ class DeliveryHandler:
                         endpoint = refreshed
                         auth = _authenticate(refreshed.settings, headers, body, token, now)
             finally:
-                self.unverified_bytes -= reserved
+                self._release(client, held[0])
             if not auth.ok:
                 return self.refuse(conn_id, client, Refusal(401, "unauthorized"), auth.reason)
             settings = endpoint.settings

@@ -72,7 +72,7 @@ def _parse_delivery(delivery: Delivery) -> NewEvent:
     return NewEvent(
         conn_id=delivery.conn_id,
         delivery_id=delivery.delivery_id,
-        event_key=event_identity(fields, delivery.body),
+        event_key=event_identity(fields, delivery.body, received_at=delivery.received_at.timestamp()),
         fields=fields,
         body=text,
         received_at=delivery.received_at,

@@ -105,18 +105,23 @@ def test_unverified_bodies_beyond_the_budget_are_answered_503_and_genuine_ones_g
         engine_factory=lambda: get_engine(events_url),
         max_body_bytes=4000,
         max_unverified_bytes=8000,
+        max_unverified_bytes_per_client=8000,
         request_deadline=1.5,
     )
     with serving(app) as base:
         port = _port(base)
-        stalled = [_stalled(port, declared=4000) for _ in range(2)]
+        # Two uploads that sent all but their last byte hold the whole budget.
+        stalled = [_stalled(port, declared=4000, sent=b"{" + b" " * 3998) for _ in range(2)]
         try:
-            time.sleep(0.2)  # both are reading their bodies now, holding the whole budget
-            third = _stalled(port, declared=4000)
+            time.sleep(0.3)
+            assert app.deliveries.unverified_bytes == 7998
+            third = _stalled(port, declared=4000, sent=b"{" + b" " * 100)
             try:
                 assert _status_line(third, timeout=3) == b"HTTP/1.1 503 Service Unavailable"
             finally:
                 third.close()
+            # Declaring a large body without sending it holds nothing.
+            assert app.deliveries.unverified_bytes == 7998
             # Once the stalled ones hit their deadline the budget is free again.
             for sock in stalled:
                 assert _status_line(sock, timeout=5) == b"HTTP/1.1 408 Request Timeout"
@@ -127,6 +132,28 @@ def test_unverified_bodies_beyond_the_budget_are_answered_503_and_genuine_ones_g
         status, answer = post_webhook(f"{base}/webhooks/{CONN_ID}", body, signed_now(SECRET, body, "d-2"))
         assert (status, answer["status"]) == (200, "stored")
         assert app.deliveries.unverified_bytes == 0
+
+
+def test_one_client_holds_at_most_its_share_of_the_budget(events_url: str) -> None:
+    app = create_app(
+        engine_factory=lambda: get_engine(events_url),
+        max_body_bytes=4000,
+        max_unverified_bytes=16000,
+        request_deadline=1.5,
+    )
+    assert app.deliveries.max_unverified_bytes_per_client == 4000
+    with serving(app) as base:
+        port = _port(base)
+        first = _stalled(port, declared=4000, sent=b"{" + b" " * 3000)
+        try:
+            time.sleep(0.3)
+            second = _stalled(port, declared=4000, sent=b"{" + b" " * 1500)
+            try:
+                assert _status_line(second, timeout=3) == b"HTTP/1.1 503 Service Unavailable"
+            finally:
+                second.close()
+        finally:
+            first.close()
 
 
 STALLED_SENDERS = 4000
