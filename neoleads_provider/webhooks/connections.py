@@ -114,6 +114,18 @@ class ConnectionCache:
             self._entries.clear()
             self._forced_at.clear()
 
+    def warm(self, conn_id: str) -> Endpoint:
+        """Look ``conn_id`` up ahead of its first delivery, keeping the answer only if it can receive.
+
+        At startup a connection may not exist *yet* (a deployment creates it after the server is up): an
+        "unknown" remembered for a TTL would refuse its first deliveries, so only a usable one is kept.
+        """
+        entry = self.get(conn_id)
+        if entry.status != "ok":
+            with self._lock:
+                self._entries.pop(conn_id, None)
+        return entry
+
     def _key_lock(self, conn_id: str) -> threading.Lock:
         with self._lock:
             return self._locks.setdefault(conn_id, threading.Lock())

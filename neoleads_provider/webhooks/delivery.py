@@ -237,7 +237,7 @@ class DeliveryHandler:
         for conn_id in (*conn_ids, "__neoleads_warm_up__"):
             # An id that does not exist still loads the connection machinery and walks the backends once.
             try:
-                self.connections.get(conn_id)
+                self.connections.warm(conn_id)
             except ConnectionLookupError as exc:
                 log.warning("Neoleads webhook receiver warm-up: cannot look %r up yet (%s)", conn_id, exc)
         if self._writer is not None:

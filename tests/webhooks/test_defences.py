@@ -383,3 +383,18 @@ def test_the_warmed_up_standalone_app_has_its_connection_and_store_ready(events_
     assert cached.status == "ok"
     pool = get_engine(events_url).pool
     assert pool.checkedin() >= 1  # a pooled connection waits for the first write
+
+
+def test_a_connection_created_after_the_warm_up_receives_at_once(events_url: str, monkeypatch) -> None:
+    """A deployment creates its connection after the server started: warm-up must not remember "unknown"."""
+    app = create_server_app(
+        engine_factory=lambda: get_engine(events_url), access_log=False, warm_up=["neoleads_later"]
+    )
+    assert app.app.deliveries.connections.cached("neoleads_later") is None
+    set_env(monkeypatch, connection_env("neoleads_later", webhook_secrets=[SECRET]))
+    with serving(app) as base:
+        body = _body()
+        status, answer = post_webhook(
+            f"{base}/neoleads/webhooks/neoleads_later", body, signed_now(SECRET, body, "later-1")
+        )
+    assert (status, answer["status"]) == (200, "stored")
