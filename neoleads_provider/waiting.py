@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from neoleads_provider.events.build import message_event_from_api
-from neoleads_provider.events.fields import read_event
+from neoleads_provider.events.fields import COLUMN_NAMES, read_event
 
 if TYPE_CHECKING:
     from neoleads_provider.events.filter import EventFilter
@@ -102,15 +102,7 @@ def _api_event(conn_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         "event_id": None,
         "conn_id": conn_id,
         "delivery_id": None,
-        "event": fields.event,
-        "account_id": fields.account_id,
-        "inbox_id": fields.inbox_id,
-        "conversation_id": fields.conversation_id,
-        "message_id": fields.message_id,
-        "contact_id": fields.contact_id,
-        "message_type": fields.message_type,
-        "private": fields.private,
-        "sender_type": fields.sender_type,
+        **{name: getattr(fields, name) for name in COLUMN_NAMES},
         "received_at": None,
         "payload": payload,
     }

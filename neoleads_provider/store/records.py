@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from neoleads_provider.events.fields import COLUMN_NAMES
 from neoleads_provider.events.text import neutralise_text
 
 if TYPE_CHECKING:
@@ -53,15 +54,7 @@ class StoredEvent:
             "event_id": self.id,
             "conn_id": self.conn_id,
             "delivery_id": self.delivery_id,
-            "event": self.event,
-            "account_id": self.account_id,
-            "inbox_id": self.inbox_id,
-            "conversation_id": self.conversation_id,
-            "message_id": self.message_id,
-            "contact_id": self.contact_id,
-            "message_type": self.message_type,
-            "private": self.private,
-            "sender_type": self.sender_type,
+            **{name: getattr(self, name) for name in COLUMN_NAMES},
             "received_at": self.received_at.isoformat(),
             "payload": neutralise_text(self.payload),
         }

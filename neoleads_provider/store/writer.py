@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from neoleads_provider.store.engine import WalCheckpointer, write_lock
-from neoleads_provider.store.errors import EventStoreError, error_text, is_transient
+from neoleads_provider.store.errors import EventStoreError, error_text, is_transient, translate_errors
 from neoleads_provider.store.repository import insert_events
 
 if TYPE_CHECKING:
@@ -89,8 +89,6 @@ class EventWriter:
 
         :raises EventStoreError: the store cannot be reached or migrated.
         """
-        from neoleads_provider.store.errors import translate_errors
-
         with translate_errors():
             engine = self.engine()
             # Checked out and returned: the pool keeps it, so the first write needs no new connection.

@@ -188,22 +188,29 @@ class _Watch:
                     trig.cursor_key,
                 )
                 return state
-            except EventStoreSchemaError as exc:
-                # Not migrated yet: the receiver creates the schema on its first delivery. No back-off.
-                _, log_it = self.outage.failed(time.monotonic())
-                if log_it:
-                    self.log.info("Neoleads event watcher waits for the event store's schema: %s", exc)
-                await asyncio.sleep(trig.poll_interval)
             except Exception as exc:
                 # The event store is not answering yet: wait, never guess a cursor.
-                delay, log_it = self.outage.failed(time.monotonic())
-                if log_it:
-                    self.log.warning(
-                        "Neoleads event watcher cannot place its cursor yet (%s failed tries); retrying: %s",
-                        self.outage.failures,
-                        _error_text(exc),
-                    )
-                await asyncio.sleep(delay)
+                await self._wait_out(exc, "cannot place its cursor yet")
+
+    async def _wait_out(self, exc: BaseException, doing: str) -> None:
+        """Wait after a failed store call, logging it at most once a minute.
+
+        A store without a schema yet is simply empty (the receiver creates it on its first delivery): it is
+        looked at again every ``poll_interval``. Any other failure is an outage, backed off by the policy.
+        """
+        delay, log_it = self.outage.failed(time.monotonic())
+        if isinstance(exc, EventStoreSchemaError):
+            delay = self.trigger.poll_interval
+            if log_it:
+                self.log.info("Neoleads event watcher %s: the event store has no schema yet: %s", doing, exc)
+        elif log_it:
+            self.log.warning(
+                "Neoleads event watcher %s (%s failed tries): %s",
+                doing,
+                self.outage.failures,
+                _error_text(exc),
+            )
+        await asyncio.sleep(delay)
 
     async def _first_start(self) -> int:
         from neoleads_provider.store.queries import newest_event_id
@@ -235,23 +242,9 @@ class _Watch:
                 batch_size=trig.batch_size,
                 max_pages=MAX_PAGES_PER_LOOK,
             )
-        except EventStoreSchemaError as exc:
-            # Not migrated yet (the receiver creates the schema on its first delivery): an empty store.
-            _, log_it = self.outage.failed(time.monotonic())
-            if log_it:
-                self.log.info("The Neoleads event store has no schema yet; still watching: %s", exc)
-            await asyncio.sleep(trig.poll_interval)
-            return None
         except Exception as exc:
             # Never end the watcher: a triggerer would only start it again at once. Wait the outage out.
-            delay, log_it = self.outage.failed(time.monotonic())
-            if log_it:
-                self.log.warning(
-                    "The Neoleads event store failed (%s failed looks); still watching: %s",
-                    self.outage.failures,
-                    _error_text(exc),
-                )
-            await asyncio.sleep(delay)
+            await self._wait_out(exc, "cannot read the event store; still watching")
             return None
         failures = self.outage.recovered()
         if failures:
