@@ -87,6 +87,10 @@ class Running:
             await asyncio.sleep(0.02)
         return self.fired
 
+    async def started(self, timeout: float = 10) -> CursorState:
+        """Wait until the watcher has placed its start (saved before anything fires), however slow the run."""
+        return await wait_for_cursor(self.trigger, lambda cursor: True, timeout)
+
     async def settle(self, seconds: float = 0.4) -> list[dict[str, Any]]:
         """Let it look several more times; return everything fired so far."""
         await asyncio.sleep(seconds)
@@ -310,7 +314,7 @@ async def test_first_start_begins_at_the_end_and_fires_each_new_match_once(event
     old = store_payloads(events_url, message(90001), message(90002))
     trig = make(events_url, inbox_id=1)
     async with Running(trig) as running:
-        await running.settle(0.2)
+        await running.started()
         assert running.fired == []
         # The start is saved at once, so a restart before the first event starts from the same place.
         assert saved_cursor(trig) == CursorState(after_id=old[-1])
@@ -347,7 +351,8 @@ async def test_events_of_another_connection_never_fire(events_url, quick_save):
     sales = make(events_url, neoleads_conn_id="neoleads_sales")
     default = make(events_url)
     async with Running(sales) as running_sales, Running(default) as running_default:
-        await running_sales.settle(0.2)
+        await running_sales.started()
+        await running_default.started()
         # "end" is the newest event of the watcher's own connection.
         assert saved_cursor(sales).after_id < saved_cursor(default).after_id
         # The same message id on two connections: two stored events, one per connection.
@@ -367,7 +372,7 @@ async def test_a_restarted_trigger_never_refires_and_catches_up_on_what_came_whi
     events_url, quick_save
 ):
     async with Running(make(events_url)) as running:
-        await running.settle(0.1)
+        await running.started()
         store_payloads(events_url, message(90010, content="before the restart"))
         await running.wait_for(1)
         first_id = running.fired[0]["event_id"]
@@ -389,7 +394,7 @@ async def test_an_event_not_yet_handed_over_fires_again_after_a_crash(events_url
     """At-least-once in the crash window: a fired id is saved only CURSOR_SAVE_DELAY after it fired."""
     monkeypatch.setattr(event_watch, "CURSOR_SAVE_DELAY", 60.0)
     async with Running(make(events_url)) as running:
-        await running.settle(0.1)
+        await running.started()
         store_payloads(events_url, message(90020))
         await running.wait_for(1)
         await running.settle()
@@ -442,7 +447,7 @@ async def test_a_saved_value_that_is_not_a_cursor_is_ignored_and_logged(events_u
 async def test_content_pattern_and_event_names(events_url):
     trig = make(events_url, events=["message_created"], content_pattern=r"(?i)\bprice\b")
     async with Running(trig) as running:
-        await running.settle(0.1)
+        await running.started()
         store_payloads(
             events_url, message(90080, content="hello"), message(90081, content="What is the PRICE?")
         )
@@ -479,7 +484,7 @@ async def test_late_commits_below_the_newest_fired_id_still_fire_once(events_url
     start = store_payloads(events_url, message(90100))[0]
     trig = make(events_url, settle_seconds=0.5)
     async with Running(trig) as running:
-        await running.settle(0.1)
+        await running.started()
         late_id = start + 1
         with get_engine(events_url).begin() as conn:
             # The receiver that took id late_id has not committed yet; a later one already has.
@@ -509,7 +514,7 @@ async def test_postgresql_concurrent_receivers_commit_out_of_order(pg_events_url
     slow = create_engine(pg_events_url)
     try:
         async with Running(trig) as running:
-            await running.settle(0.2)
+            await running.started()
             with slow.connect() as slow_conn:
                 slow_tx = slow_conn.begin()
                 insert_event(slow_conn, new_event(message(90201, content="slow receiver")))
