@@ -43,6 +43,7 @@ __all__ = [
 MAX_LIST_LIMIT = 10_000
 
 _encode_json = msgspec.json.Encoder().encode
+_decode_json = msgspec.json.Decoder().decode
 
 
 def _utc(value: datetime) -> datetime:
@@ -100,7 +101,13 @@ _INSERT_COLUMNS = (
 )
 _INSERT_NAMES = ", ".join(name for name, _ in _INSERT_COLUMNS)
 # No conflict target: a repeated delivery id and a repeated event key are both "already stored".
-_ON_CONFLICT = "ON CONFLICT DO NOTHING RETURNING conn_id, delivery_id, id"
+_ON_CONFLICT = "ON CONFLICT DO NOTHING"
+_RETURNING = "RETURNING conn_id, delivery_id, id"
+# The rows the insert just made, as one JSON text: one step of the statement, where RETURNING takes one per row.
+_SQLITE_NEWEST_ROWS = (
+    "SELECT json_group_array(json_array(conn_id, delivery_id, id)) FROM "  # noqa: S608
+    f"(SELECT conn_id, delivery_id, id FROM {webhook_events.name} ORDER BY id DESC LIMIT ?)"
+)
 # SQLite allows 32766 parameters per statement: 256 rows of 14 columns fit well inside.
 _SQLITE_CHUNK = 256
 # Only constant names, types and placeholders go into these texts; every value is a parameter.
@@ -108,7 +115,7 @@ _POSTGRES_INSERT = (
     f"INSERT INTO {webhook_events.name} ({_INSERT_NAMES}) SELECT {_INSERT_NAMES} "  # noqa: S608
     f"FROM json_to_recordset(%s::json) AS batch({', '.join(f'{name} {kind}' for name, kind in _INSERT_COLUMNS)}) "
     # WHERE true: without it PostgreSQL would read ON CONFLICT as the start of a join condition.
-    f"WHERE true {_ON_CONFLICT}"
+    f"WHERE true {_ON_CONFLICT} {_RETURNING}"
 )
 
 
@@ -155,7 +162,9 @@ def _insert_rows(conn: Connection, events: Sequence[NewEvent]) -> dict[tuple[str
     The receiver's writer spends its time here. As a compiled statement, SQLAlchemy's bind processing and
     insertmanyvalues machinery cost about as much CPU again as SQLite took to store the rows, all of it
     holding the interpreter lock the receiver's event loop needs. So the SQL is written here, once:
-    SQLite gets one multi-row ``VALUES`` statement per batch size. PostgreSQL gets the whole batch as one
+    SQLite gets one multi-row ``VALUES`` statement per batch size, and the new ids are read back in one
+    step: sqlite3 releases the interpreter lock around every step, and a ``RETURNING`` row per step made the
+    writer wait for the event loop to hand the lock back once per delivery. PostgreSQL gets the whole batch as one
     JSON parameter read by ``json_to_recordset``: psycopg re-parses a multi-row ``VALUES`` text on every
     batch and escapes array parameters in Python, either costing more than twice the CPU of encoding the
     batch with msgspec. Values are converted as SQLAlchemy's column types would; tests/store/test_insert_paths.py
@@ -167,8 +176,15 @@ def _insert_rows(conn: Connection, events: Sequence[NewEvent]) -> dict[tuple[str
         for start in range(0, len(events), _SQLITE_CHUNK):
             chunk = events[start : start + _SQLITE_CHUNK]
             params = tuple(value for new in chunk for value in _row(new, _sqlite_datetime(new.received_at)))
-            result = conn.exec_driver_sql(_sqlite_insert(len(chunk)), params)
-            inserted.update(((conn_id, delivery_id), event_id) for conn_id, delivery_id, event_id in result)
+            count = conn.exec_driver_sql(_sqlite_insert(len(chunk)), params).rowcount
+            if count > 0:
+                # The insert holds the database's write lock until commit and AUTOINCREMENT gives each row a
+                # larger id than any before it, so the rows it made are the table's ``count`` newest.
+                newest = conn.exec_driver_sql(_SQLITE_NEWEST_ROWS, (count,)).scalar_one()
+                inserted.update(
+                    ((conn_id, delivery_id), event_id)
+                    for conn_id, delivery_id, event_id in _decode_json(newest)
+                )
         return inserted
     names = [name for name, _ in _INSERT_COLUMNS]
     batch = _encode_json([dict(zip(names, _row(new, _utc(new.received_at)), strict=True)) for new in events])

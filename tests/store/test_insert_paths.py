@@ -127,3 +127,54 @@ def test_batch_rows_read_back_like_rows_inserted_through_sqlalchemy(engine: Engi
         assert {k: v for k, v in many.items() if k not in ("id", "delivery_id", "event_key")} == {
             k: v for k, v in one.items() if k not in ("id", "delivery_id", "event_key")
         }
+
+
+_WRITER = """
+import json, sys
+from datetime import UTC, datetime
+from neoleads_provider.events import EventFields
+from neoleads_provider.store.engine import get_engine
+from neoleads_provider.store.repository import NewEvent, insert_events
+
+url, name = sys.argv[1], sys.argv[2]
+engine = get_engine(url)
+fields = EventFields(event="message_created")
+results = []
+for batch in range(40):
+    # Each batch: new deliveries, one repeated inside the batch, and one the other writer also sends.
+    ids = [f"{name}-{batch}-{n}" for n in range(8)] + [f"{name}-{batch}-0", f"shared-{batch}"]
+    events = [NewEvent("c", d, "key-" + d, fields, "{}", datetime.now(UTC)) for d in ids]
+    with engine.begin() as conn:
+        outcome = insert_events(conn, events)
+    results += [[d, event_id, inserted] for d, (event_id, inserted) in zip(ids, outcome)]
+print(json.dumps(results))
+"""
+
+
+def test_concurrent_writers_in_two_processes_get_their_own_rows_ids(tmp_path) -> None:
+    """SQLite reads a batch's new ids back as the table's newest rows: another process writing to the same
+    file at the same moment must never hand one writer the other's ids."""
+    import json
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    migrate(get_engine(url))
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, url, name], stdout=subprocess.PIPE, text=True)
+        for name in ("a", "b")
+    ]
+    outputs = [json.loads(writer.communicate(timeout=120)[0]) for writer in writers]
+    assert all(writer.returncode == 0 for writer in writers)
+    with get_engine(url).connect() as conn:
+        stored = dict(conn.execute(select(webhook_events.c.delivery_id, webhook_events.c.id)).all())
+    first_claims: dict[str, int] = {}
+    for results in outputs:
+        for delivery_id, event_id, inserted in results:
+            assert stored[delivery_id] == event_id, delivery_id
+            if inserted:
+                assert delivery_id not in first_claims, f"{delivery_id} inserted twice"
+                first_claims[delivery_id] = event_id
+    # Every stored row was reported inserted by exactly one writer; the in-batch repeats never were.
+    assert first_claims == stored
+    assert len(stored) == 2 * 40 * 8 + 40
