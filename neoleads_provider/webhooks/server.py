@@ -8,7 +8,6 @@ and the metadata database, as Airflow does outside its servers.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,51 +19,11 @@ if TYPE_CHECKING:
 
     from sqlalchemy import Engine  # noqa: TID251 - a type only
 
+    from neoleads_provider.webhooks.access_log import AccessLog
+
 __all__ = ["create_server_app", "serve"]
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("neoleads_provider.webhooks.access")
-
-
-def _printable(text: Any) -> str:
-    """The path as one log line: a percent-decoded ``%0d%0a`` must not forge a second line."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-
-
-class AccessLogMiddleware:
-    """Log method, path and status of each request; never the query string, which may hold ``?token=``."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 0
-        started = time.perf_counter()
-
-        async def send_and_record(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            client = scope.get("client")
-            access_log.info(
-                '%s "%s %s" %s %.1f ms',
-                client[0] if client else "-",
-                scope.get("method"),
-                _printable(scope.get("path")),
-                status or 500,
-                (time.perf_counter() - started) * 1000,
-            )
 
 
 class _Mounted:
@@ -97,22 +56,26 @@ def create_server_app(
     engine_factory: Callable[[], Engine] | None = None,
     resolve_connection: Callable[[str], Any] | None = None,
     clock: Callable[[], float] = time.time,
-    access_log: bool = True,
+    access_log: bool | AccessLog = True,
     warm_up: Iterable[str] | None = None,
 ) -> Any:
     """Return an ASGI app with the receiver mounted at ``/neoleads``, at the paths the Airflow plugin uses.
 
-    :param access_log: log method, path, status and time of every request (never the query string).
+    :param access_log: write client, method, path, status and time of every request (never the query
+        string) to standard error, or to the :class:`~neoleads_provider.webhooks.access_log.AccessLog` given.
     :param warm_up: connection ids to resolve, with the store opened, before this returns (see
         :meth:`~neoleads_provider.webhooks.app.WebhookReceiverApp.warm_up`); None skips the warm-up.
     """
+    from neoleads_provider.webhooks.access_log import AccessLog, AccessLogMiddleware
     from neoleads_provider.webhooks.app import create_app
 
     receiver = create_app(engine_factory=engine_factory, resolve_connection=resolve_connection, clock=clock)
     if warm_up is not None:
         receiver.warm_up(warm_up)
     app: Any = _Mounted(URL_PREFIX, receiver)
-    return AccessLogMiddleware(app) if access_log else app
+    if access_log is False:
+        return app
+    return AccessLogMiddleware(app, access_log if isinstance(access_log, AccessLog) else None)
 
 
 def _raise_open_file_limit() -> None:
@@ -199,6 +162,7 @@ def serve(
     from neoleads_provider.connection import DEFAULT_CONN_ID
     from neoleads_provider.store.engine import get_engine, safe_url
     from neoleads_provider.store.migrate import migrate
+    from neoleads_provider.webhooks.access_log import AccessLogMiddleware
     from neoleads_provider.webhooks.delivery import REQUEST_DEADLINE_SECONDS
 
     engine = get_engine(db_url)
@@ -208,28 +172,15 @@ def serve(
     # Ready before the port opens: the first delivery must not pay for imports, lookups or the store.
     app = create_server_app(
         engine_factory=lambda: get_engine(db_url),
-        access_log=access_log,
+        # Access lines are INFO: a quieter --log-level leaves them out, as it did uvicorn's.
+        access_log=access_log and logging.getLevelName(log_level.upper()) <= logging.INFO,
         warm_up=(*warm_conn_ids, DEFAULT_CONN_ID) if warm_conn_ids else (DEFAULT_CONN_ID,),
     )
     log.info("Receiving Neoleads webhooks at http://%s:%s%s/webhooks/<conn_id>", host, port, URL_PREFIX)
     # uvicorn's own access log prints query strings; AccessLogMiddleware replaces it.
-    if access_log:
-        _plain_access_log(log_level)
     http = _head_deadline_protocol(REQUEST_DEADLINE_SECONDS) or "auto"
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level=log_level, http=http)
-
-
-def _plain_access_log(log_level: str) -> None:
-    """Write access lines straight to stderr in a plain format, as uvicorn's own access log would.
-
-    Passed on to Airflow's logging set-up (a structlog formatter), each line cost more CPU than verifying
-    and storing the delivery it describes.
-    """
-    if any(getattr(handler, "neoleads_plain_access", False) for handler in access_log.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
-    handler.neoleads_plain_access = True  # type: ignore[attr-defined]
-    access_log.addHandler(handler)
-    access_log.propagate = False
-    access_log.setLevel(log_level.upper())
+    try:
+        uvicorn.run(app, host=host, port=port, access_log=False, log_level=log_level, http=http)
+    finally:
+        if isinstance(app, AccessLogMiddleware):
+            app.log.close()

@@ -4,6 +4,7 @@ TestClient for breadth and a real uvicorn server on 127.0.0.1 for the production
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import threading
@@ -27,6 +28,7 @@ from neoleads_provider.store.repository import get_event
 from neoleads_provider.store.schema import webhook_events
 from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
 from neoleads_provider.waiting import look_in_store
+from neoleads_provider.webhooks.access_log import AccessLog
 from neoleads_provider.webhooks.app import MAX_BODY_BYTES, create_app
 from neoleads_provider.webhooks.connections import CONNECTION_CACHE_TTL_SECONDS, default_resolve_connection
 from neoleads_provider.webhooks.server import create_server_app
@@ -830,10 +832,18 @@ def test_other_methods_are_refused(client: TestClient) -> None:
 
 
 @pytest.fixture
-def live_url(monkeypatch, engine: Engine) -> Iterator[str]:
+def access_lines() -> io.StringIO:
+    """What the live server's access log wrote."""
+    return io.StringIO()
+
+
+@pytest.fixture
+def live_url(monkeypatch, engine: Engine, access_lines: io.StringIO) -> Iterator[str]:
     set_connection(monkeypatch, webhook_secrets=[OLD_SECRET, NEW_SECRET])
     set_connection(monkeypatch, "token_conn", webhook_allow_unsigned=True, webhook_url_token=URL_TOKEN)
-    with serving(create_server_app(engine_factory=lambda: engine)) as url:
+    with serving(
+        create_server_app(engine_factory=lambda: engine, access_log=AccessLog(access_lines, interval=0.01))
+    ) as url:
         yield url
 
 
@@ -917,8 +927,7 @@ def test_real_server_concurrent_deliveries(live_url: str, engine: Engine) -> Non
     assert row_count(engine) == 21
 
 
-def test_real_server_token_is_not_in_the_access_log(live_url: str, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="neoleads_provider.webhooks.access")
+def test_real_server_token_is_not_in_the_access_log(live_url: str, access_lines: io.StringIO) -> None:
     body = body_of()
     headers = {"Content-Type": "application/json"}
     response = httpx.post(
@@ -927,12 +936,11 @@ def test_real_server_token_is_not_in_the_access_log(live_url: str, caplog) -> No
     assert response.status_code == 200
     # The access line is written once the response has been sent, so it may trail the answer a little.
     deadline = time.monotonic() + 5
-    while True:
-        access = [r.getMessage() for r in caplog.records if r.name == "neoleads_provider.webhooks.access"]
-        if access or time.monotonic() > deadline:
-            break
+    while "/neoleads/webhooks/token_conn" not in access_lines.getvalue() and time.monotonic() < deadline:
         time.sleep(0.01)
+    access = access_lines.getvalue().splitlines()
     assert any("/neoleads/webhooks/token_conn" in line and " 200 " in line for line in access)
+    assert URL_TOKEN not in access_lines.getvalue()
     # The autouse fixture checks that URL_TOKEN appears nowhere in the captured log.
 
 
@@ -964,7 +972,7 @@ def test_real_server_body_in_many_pieces_is_read_whole(live_url: str, engine: En
 
 
 def test_no_access_log_writes_no_request_lines_but_still_logs_refusals(
-    monkeypatch, engine: Engine, caplog
+    monkeypatch, engine: Engine, caplog, capsys
 ) -> None:
     set_connection(monkeypatch, webhook_secrets=[OLD_SECRET])
     caplog.set_level(logging.INFO)
@@ -977,7 +985,7 @@ def test_no_access_log_writes_no_request_lines_but_still_logs_refusals(
         refused = httpx.post(f"{url}/neoleads/webhooks/{CONN_ID}", content=body, headers=wrong)
         time.sleep(0.2)
     assert (ok.status_code, refused.status_code) == (200, 401)
-    assert not [r for r in caplog.records if r.name == "neoleads_provider.webhooks.access"]
+    assert "neoleads_provider.webhooks.access" not in capsys.readouterr().err
     assert any("refused with 401" in r.getMessage() for r in caplog.records)
 
 
