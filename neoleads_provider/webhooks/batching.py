@@ -27,6 +27,17 @@ __all__ = ["BatchRunner"]
 
 log = logging.getLogger(__name__)
 
+_current_pid = os.getpid()
+
+
+def _note_fork() -> None:
+    global _current_pid
+    _current_pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork)
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -91,7 +102,10 @@ class BatchRunner(Generic[T, R]):
 
     def _ensure_thread(self) -> None:
         thread = self._thread
-        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+        # The fast path of every delivery: Thread.is_alive() takes a lock and os.getpid() is a system call.
+        # The thread clears self._thread whenever it stops serving (see _run), and the pid is the one seen
+        # at the last fork.
+        if thread is not None and self._pid == _current_pid:
             return
         with self._lock:
             if self._pid != os.getpid():
@@ -104,6 +118,20 @@ class BatchRunner(Generic[T, R]):
                 self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            with self._lock:
+                # Gone for any reason (idle, or a bug): the next submit must start another thread.
+                if self._thread is threading.current_thread():
+                    self._thread = None
+        if self._on_idle is not None:
+            try:
+                self._on_idle()
+            except Exception:
+                log.exception("Batch runner %s: releasing its resources failed", self._name)
+
+    def _serve(self) -> None:
         while True:
             try:
                 first = self._queue.get(timeout=IDLE_EXIT_SECONDS)
@@ -123,11 +151,6 @@ class BatchRunner(Generic[T, R]):
                 except queue.Empty:
                     break
             self._process(jobs)
-        if self._on_idle is not None:
-            try:
-                self._on_idle()
-            except Exception:
-                log.exception("Batch runner %s: releasing its resources failed", self._name)
 
     def _process(self, jobs: list[_Job]) -> None:
         try:
