@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONNECTION_CACHE_TTL_SECONDS",
     "MAX_CACHED_CONNECTIONS",
+    "MAX_CACHED_UNKNOWN_IDS",
     "ConnectionCache",
     "ConnectionLookupError",
     "Endpoint",
@@ -33,8 +34,10 @@ __all__ = [
 log = logging.getLogger("neoleads_provider.webhooks.app")
 
 CONNECTION_CACHE_TTL_SECONDS = 30.0
-# Random ids from the internet must not grow the cache (or the log throttle) without bound.
+# Random ids from the internet must not grow the cache (or the log throttle) without bound. Ids that name
+# no Neoleads connection are kept apart, so a flood of them never pushes a real connection out.
 MAX_CACHED_CONNECTIONS = 1024
+MAX_CACHED_UNKNOWN_IDS = 4096
 
 
 def default_resolve_connection(conn_id: str) -> Any | None:
@@ -104,7 +107,9 @@ class ConnectionCache:
         self._resolve = resolve
         self._ttl = ttl
         self._clock = clock
+        #: Connections that exist (usable or misconfigured), and ids that name none, each its own LRU.
         self._entries: OrderedDict[str, Endpoint] = OrderedDict()
+        self._unknown: OrderedDict[str, Endpoint] = OrderedDict()
         self._forced_at: dict[str, float] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -112,6 +117,7 @@ class ConnectionCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._unknown.clear()
             self._forced_at.clear()
 
     def warm(self, conn_id: str) -> Endpoint:
@@ -124,6 +130,7 @@ class ConnectionCache:
         if entry.status != "ok":
             with self._lock:
                 self._entries.pop(conn_id, None)
+                self._unknown.pop(conn_id, None)
         return entry
 
     def _key_lock(self, conn_id: str) -> threading.Lock:
@@ -133,10 +140,11 @@ class ConnectionCache:
     def cached(self, conn_id: str) -> Endpoint | None:
         """The cached entry if it is younger than the TTL (a dict lookup: no thread needed), else None."""
         with self._lock:
-            entry = self._entries.get(conn_id)
-            if entry is not None and self._clock() - entry.fetched_at < self._ttl:
-                self._entries.move_to_end(conn_id)
-                return entry
+            for entries in (self._entries, self._unknown):
+                entry = entries.get(conn_id)
+                if entry is not None and self._clock() - entry.fetched_at < self._ttl:
+                    entries.move_to_end(conn_id)
+                    return entry
         return None
 
     def _fetch(self, conn_id: str) -> Endpoint:
@@ -146,15 +154,24 @@ class ConnectionCache:
             from airflow.exceptions import AirflowNotFoundException
 
             if not isinstance(exc, AirflowNotFoundException):
+                with self._lock:
+                    # Nothing is cached for it, so nothing else would ever drop its lock.
+                    if conn_id not in self._entries and conn_id not in self._unknown:
+                        self._locks.pop(conn_id, None)
                 raise ConnectionLookupError(type(exc).__name__) from exc
             conn = None
         entry = endpoint_from_connection(conn_id, conn, self._clock())
         with self._lock:
-            self._entries[conn_id] = entry
-            self._entries.move_to_end(conn_id)
-            # Random ids from the internet must not grow the cache without bound.
-            while len(self._entries) > MAX_CACHED_CONNECTIONS:
-                evicted, _ = self._entries.popitem(last=False)
+            entries, other, limit = (
+                (self._unknown, self._entries, MAX_CACHED_UNKNOWN_IDS)
+                if entry.status == "unknown"
+                else (self._entries, self._unknown, MAX_CACHED_CONNECTIONS)
+            )
+            other.pop(conn_id, None)
+            entries[conn_id] = entry
+            entries.move_to_end(conn_id)
+            while len(entries) > limit:
+                evicted, _ = entries.popitem(last=False)
                 self._forced_at.pop(evicted, None)
                 self._locks.pop(evicted, None)
         return entry

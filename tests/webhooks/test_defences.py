@@ -8,9 +8,13 @@ import asyncio
 import contextlib
 import errno
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -400,3 +404,240 @@ def test_a_connection_created_after_the_warm_up_receives_at_once(events_url: str
             f"{base}/neoleads/webhooks/neoleads_later", body, signed_now(SECRET, body, "later-1")
         )
     assert (status, answer["status"]) == (200, "stored")
+
+
+# -- the connection cache under a flood of random ids ---------------------------------------------------------
+
+
+class CountingResolver:
+    """Resolves one real Neoleads connection and nothing else, counting every lookup per id."""
+
+    def __init__(self) -> None:
+        from airflow.models.connection import Connection
+
+        self.connection = Connection(
+            conn_id=CONN_ID,
+            conn_type="neoleads",
+            host="http://127.0.0.1:9",
+            extra=json.dumps({"account_id": 1, "webhook_secrets": [SECRET]}),
+        )
+        self.lookups: dict[str, int] = {}
+
+    def __call__(self, conn_id: str) -> Any:
+        self.lookups[conn_id] = self.lookups.get(conn_id, 0) + 1
+        return self.connection if conn_id == CONN_ID else None
+
+
+def test_a_flood_of_unknown_ids_never_pushes_a_real_connection_out_of_the_cache() -> None:
+    from neoleads_provider.webhooks.connections import MAX_CACHED_CONNECTIONS, MAX_CACHED_UNKNOWN_IDS
+
+    resolver = CountingResolver()
+    cache = ConnectionCache(resolver, ttl=3600, clock=time.monotonic)
+    assert cache.get(CONN_ID).status == "ok"
+    for number in range(MAX_CACHED_UNKNOWN_IDS * 3):
+        assert cache.get(f"random-{number}").status == "unknown"
+    assert cache.get(CONN_ID).status == "ok"
+    # One lookup for the real connection, however many strangers came in between.
+    assert resolver.lookups[CONN_ID] == 1
+    # The strangers' own cache stays bounded, and so do the per-id locks.
+    assert len(cache._unknown) == MAX_CACHED_UNKNOWN_IDS
+    assert len(cache._locks) <= MAX_CACHED_UNKNOWN_IDS + MAX_CACHED_CONNECTIONS
+    # A recent unknown id is answered from the cache: a repeated probe costs no lookup.
+    last = f"random-{MAX_CACHED_UNKNOWN_IDS * 3 - 1}"
+    cache.get(last)
+    assert resolver.lookups[last] == 1
+
+
+def test_a_failing_secrets_backend_does_not_grow_the_cache_or_its_locks() -> None:
+    from neoleads_provider.webhooks.connections import ConnectionLookupError
+
+    def broken(conn_id: str) -> Any:
+        raise OSError("the secrets backend is down")
+
+    cache = ConnectionCache(broken, ttl=30, clock=time.monotonic)
+    for number in range(500):
+        with pytest.raises(ConnectionLookupError):
+            cache.get(f"random-{number}")
+    assert cache._locks == {}
+    assert cache.cached("random-1") is None
+
+
+# -- the standalone server at its descriptor limit, and its first delivery ------------------------------------
+
+
+def _open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@contextlib.contextmanager
+def _standalone(
+    tmp_path: Path, *, open_files: int | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``neoleads webhooks serve`` in a process of its own; yields it and its base URL once it accepts.
+
+    What it logs goes to ``server.log`` in ``tmp_path``.
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        **connection_env(CONN_ID, webhook_secrets=[SECRET]),
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+    }
+
+    def limit_open_files() -> None:
+        import resource
+
+        if open_files is not None:
+            # Soft and hard alike: the server raises its soft limit to the hard one at start.
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
+    command = [sys.executable, "-m", "neoleads_provider.cli", "webhooks", "serve", "--port", str(port)]
+    command += ["--db-url", f"sqlite:///{tmp_path / 'events.db'}", "--conn-id", CONN_ID, "--no-access-log"]
+    server = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "server.log").open("w"),
+        text=True,
+        preexec_fn=limit_open_files,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server never accepted"
+                time.sleep(0.02)
+        yield server, f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_at_its_descriptor_limit_the_server_still_answers_a_genuine_delivery_never_500(tmp_path) -> None:
+    """Every descriptor of the server held by stalled senders but the one a genuine delivery arrives on."""
+    limit = 256
+    with _standalone(tmp_path, open_files=limit) as (server, base):
+        port = _port(base)
+        stalled: list[socket.socket] = []
+        try:
+            # More than the server can hold: past its limit, connections are dropped as they are accepted.
+            for _ in range(limit + 32):
+                stalled.append(_stalled(port, declared=200, sent=b"{", prefix="/neoleads"))
+            deadline = time.monotonic() + 10
+            while _open_descriptors(server.pid) < limit - 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _open_descriptors(server.pid) >= limit - 1, "the server never ran out of descriptors"
+            # Free exactly one of the server's descriptors, for the genuine delivery to arrive on.
+            waiting = [sock for sock in stalled if _status_line_or_closed(sock) == "waiting"]
+            waiting[0].close()
+            while _open_descriptors(server.pid) >= limit and time.monotonic() < deadline:
+                time.sleep(0.01)
+            body = _body(77)
+            status, answer = post_webhook(
+                f"{base}/neoleads/webhooks/{CONN_ID}", body, signed_now(SECRET, body, "at-the-limit")
+            )
+            assert status in (200, 503), (status, answer)
+            if status == 200:
+                assert answer["status"] == "stored"
+        finally:
+            for sock in stalled:
+                sock.close()
+        # Once the senders are gone, deliveries are stored again.
+        body = _body(78)
+        status, answer = post_webhook(
+            f"{base}/neoleads/webhooks/{CONN_ID}", body, signed_now(SECRET, body, "after-the-limit")
+        )
+        assert (status, answer["status"]) == (200, "stored")
+    logged = (tmp_path / "server.log").read_text()
+    assert "Exception in ASGI application" not in logged, logged
+
+
+def _status_line_or_closed(sock: socket.socket) -> str:
+    """ "waiting" while the server holds the connection open without answering; "closed" once it let go."""
+    sock.settimeout(0)
+    try:
+        return "closed" if sock.recv(1, socket.MSG_PEEK) == b"" else "answered"
+    except BlockingIOError:
+        return "waiting"
+    except OSError:
+        return "closed"
+    finally:
+        sock.settimeout(10)
+
+
+def test_the_first_delivery_to_a_just_started_standalone_server_is_as_fast_as_a_warm_one(tmp_path) -> None:
+    """Ready when it accepts: the store, the imports and the connection are loaded before the port opens."""
+    with _standalone(tmp_path) as (_, base):
+        url = f"{base}/neoleads/webhooks/{CONN_ID}"
+        timings = []
+        for number in range(6):
+            body = _body(100 + number)
+            headers = signed_now(SECRET, body, f"first-{number}")
+            started = time.monotonic()
+            status, answer = post_webhook(url, body, headers)
+            timings.append(time.monotonic() - started)
+            assert (status, answer["status"]) == (200, "stored")
+    first, warm = timings[0], sorted(timings[1:])[2]
+    # A cold receiver took 0.6 to 1.6 s here; a warm one takes a few milliseconds.
+    assert first < max(0.25, 5 * warm), timings
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_burst_of_large_unverifiable_bodies_is_bounded_and_its_memory_returned(tmp_path) -> None:
+    """400 bodies of almost 1 MiB with a wrong signature, 64 at a time: the unverified-bytes budget bounds what is
+    held at once, and what the burst took is given back once it is over."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from neoleads_provider.webhooks.delivery import MAX_BODY_BYTES
+
+    # As large as the receiver takes (1 MiB): a larger one is refused by its Content-Length, unread.
+    body = b'{"event":"message_created","content":"' + b"x" * (MAX_BODY_BYTES - 64) + b'"}'
+    headers = signed_now("not-the-secret", body, "burst")
+    with _standalone(tmp_path) as (server, base):
+        url = f"{base}/neoleads/webhooks/{CONN_ID}"
+        before = _rss_mb(server.pid)
+        peak = before
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, _rss_mb(server.pid))
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            with ThreadPoolExecutor(max_workers=64) as pool:
+                statuses = list(pool.map(lambda _: post_webhook(url, body, headers)[0], range(400)))
+        finally:
+            done.set()
+            sampler.join()
+        time.sleep(1.0)
+        after = _rss_mb(server.pid)
+        # A genuine delivery is stored once the burst is over.
+        genuine = _body(5)
+        status, answer = post_webhook(url, genuine, signed_now(SECRET, genuine, "after-burst"))
+        assert (status, answer["status"]) == (200, "stored")
+    print(f"server RSS: {before:.0f} MB before, {peak:.0f} MB at the peak, {after:.0f} MB 1 s after")
+    # Refused for the signature, or turned away while the budget was spent; never an error.
+    assert set(statuses) <= {401, 503}, set(statuses)
+    assert 401 in statuses
+    # Before: 400 bodies took 126 MB -> 565 MB and 561 MB after. The budget is 32 MiB.
+    assert peak - before < 160, (before, peak)
+    assert after - before < 64, (before, peak, after)
