@@ -2,42 +2,37 @@
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import mimetypes
-import random
-import time
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, quote_plus, urljoin, urlsplit
 
-import requests
-import tenacity
 from airflow.sdk import BaseHook
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import NameResolutionError, NewConnectionError
 
-from neoleads_provider import __version__
 from neoleads_provider.connection import DEFAULT_CONN_ID, NeoleadsConnectionSettings
 from neoleads_provider.events.names import WEBHOOK_EVENTS
 from neoleads_provider.exceptions import (
-    NeoleadsApiError,
     NeoleadsAuthError,
     NeoleadsConfigError,
     NeoleadsError,
-    NeoleadsForbiddenError,
-    NeoleadsNotFoundError,
-    NeoleadsRateLimitError,
-    NeoleadsRedirectError,
     NeoleadsServerError,
     NeoleadsTransportError,
     NeoleadsValidationError,
 )
+from neoleads_provider.hooks.transport import (
+    IDEMPOTENT_METHODS,
+    RetryPolicy,
+    build_session,
+    secret_forms,
+    send_once,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
+
+    import requests
 
     from neoleads_provider.ratelimit import RateLimiter
 
@@ -46,127 +41,8 @@ log = logging.getLogger(__name__)
 MESSAGE_TYPES = ("outgoing", "incoming")
 CONVERSATION_STATUSES = ("open", "resolved", "pending", "snoozed")
 MAX_ATTACHMENTS = 15
-# Replaying these can never create a second resource on the server.
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-RETRYABLE_STATUS = frozenset({502, 503, 504})
 # The profile response echoes the caller's token; it must never travel further than the hook.
 PROFILE_SECRET_FIELDS = ("access_token", "pubsub_token")
-# What an echoed token is replaced with in the error bodies the hook quotes.
-SCRUBBED = "***"
-# requests refuses these before opening any connection: the request provably never left.
-_REFUSED_BEFORE_SENDING = (
-    requests.exceptions.InvalidSchema | requests.exceptions.InvalidURL | requests.exceptions.MissingSchema
-)
-
-_ERROR_CLASSES: dict[int, type[NeoleadsApiError]] = {
-    401: NeoleadsAuthError,
-    403: NeoleadsForbiddenError,
-    404: NeoleadsNotFoundError,
-    422: NeoleadsValidationError,
-    429: NeoleadsRateLimitError,
-}
-
-
-def secret_forms(secret: str) -> tuple[str, ...]:
-    """``secret`` as a server may echo it: raw, URL-encoded (either case of hex), JSON- or HTML-escaped.
-
-    Longest first, so that scrubbing one form never leaves part of another behind.
-    """
-    if not secret:
-        return ()
-    encoded = {quote(secret, safe=""), quote(secret), quote_plus(secret)}
-    forms = {secret, json.dumps(secret)[1:-1], html.escape(secret), *encoded}
-    forms |= {_lower_hex(form) for form in encoded}
-    return tuple(sorted(forms, key=len, reverse=True))
-
-
-def _lower_hex(text: str) -> str:
-    parts = text.split("%")
-    return parts[0] + "".join("%" + part[:2].lower() + part[2:] for part in parts[1:])
-
-
-def scrub(value: Any, forms: Sequence[str]) -> Any:
-    """``value`` with every form of a secret replaced by ``***``, in strings nested in dicts and lists too."""
-    if not forms:
-        return value
-    if isinstance(value, str):
-        for form in forms:
-            value = value.replace(form, SCRUBBED)
-        return value
-    if isinstance(value, dict):
-        return {scrub(key, forms): scrub(item, forms) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(scrub(item, forms) for item in value)
-    return value
-
-
-def _server_message(
-    response: requests.Response, secrets: Sequence[str] = ()
-) -> tuple[str, list[str], object]:
-    """Pull the human message out of any of the server's error shapes, with ``secrets`` scrubbed from it all.
-
-    Handled errors carry ``error``, validation errors ``message`` + ``attributes``, devise ``errors``;
-    the 429 body is plain text. The body is scrubbed before it is cut, so no part of a secret survives.
-    """
-    reason = scrub(response.reason or "", secrets)
-    try:
-        body: object = scrub(response.json(), secrets)
-    except ValueError:
-        text = scrub(response.text, secrets).strip()
-        return (text[:300] or reason or "no body"), [], text[:300]
-    attributes: list[str] = []
-    if isinstance(body, dict):
-        if isinstance(body.get("attributes"), list):
-            attributes = [str(item) for item in body["attributes"]]
-        for key in ("message", "error", "errors", "description"):
-            value = body.get(key)
-            if isinstance(value, str) and value:
-                return value, attributes, body
-            if isinstance(value, list) and value:
-                return ", ".join(str(item) for item in value), attributes, body
-    return (reason or "error"), attributes, body
-
-
-def _redirect_location(response: requests.Response, secrets: Sequence[str]) -> str | None:
-    """Where a redirect points, made absolute, without its query string, fragment or credentials."""
-    location = response.headers.get("Location")
-    if not location:
-        return None
-    try:
-        parts = urlsplit(urljoin(response.url, location.strip()))
-        if not parts.scheme or not parts.netloc:
-            return None
-        netloc = parts.netloc.rpartition("@")[2]
-    except ValueError:
-        return None
-    return str(scrub(f"{parts.scheme}://{netloc}{parts.path}", secrets))
-
-
-def _retry_after_seconds(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # An HTTP-date: rare enough that our own backoff is good enough.
-
-
-def _never_sent(exc: requests.RequestException) -> bool:
-    """True when the request provably never left this machine, so replaying it cannot duplicate anything."""
-    if isinstance(exc, requests.ConnectTimeout | _REFUSED_BEFORE_SENDING):
-        return True
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, NewConnectionError | NameResolutionError):
-            return True
-        reason = getattr(cause, "reason", None)
-        cause = (
-            reason
-            if isinstance(reason, BaseException)
-            else (cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else None)
-        )
-    return False
 
 
 class NeoleadsHook(BaseHook):
@@ -233,27 +109,18 @@ class NeoleadsHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
-        """The one session this hook uses, configured once."""
-        session = requests.Session()
-        session.headers.update(
-            {
-                "api_access_token": self.settings.api_token,
-                "Accept": "application/json",
-                "User-Agent": f"airflow-provider-neoleads/{__version__}",
-            }
+        """The one session this hook uses, configured once (:func:`~neoleads_provider.hooks.transport.build_session`)."""
+        return build_session(self.settings)
+
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        """When a failed attempt is tried again (:class:`~neoleads_provider.hooks.transport.RetryPolicy`)."""
+        return RetryPolicy(
+            max_retries=self.max_retries,
+            backoff_base=self.backoff_base,
+            backoff_max=self.backoff_max,
+            rate_limit_max_wait=self.settings.rate_limit_max_wait,
         )
-        # Retries are ours (they need to know the method and the status); the adapter only pools.
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        # requests reads the proxy and CA-bundle environment variables again on every request, walking all of
-        # os.environ: a quarter of a request's client time. Every request goes to this one host, so resolve
-        # them once, by requests' own rules (NO_PROXY included), and stop it looking again.
-        environment = session.merge_environment_settings(self.settings.base_url, {}, None, None, None)
-        session.proxies = environment["proxies"]
-        session.verify = environment["verify"]
-        session.trust_env = False
-        return session
 
     def get_conn(self) -> requests.Session:
         """Return the configured ``requests.Session``."""
@@ -309,114 +176,23 @@ class NeoleadsHook(BaseHook):
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         display_path = path if path.startswith("/") else f"/api/v1/accounts/{self.account_id}/{path}"
-        rate_limited_since: list[float] = []
 
-        def should_retry(exc: BaseException) -> bool:
-            if isinstance(exc, NeoleadsRateLimitError):
-                # Throttled requests were not processed: safe to replay whatever the method.
-                rate_limited_since.append(time.monotonic())
-                return True
-            if isinstance(exc, NeoleadsTransportError):
-                return idempotent or not exc.maybe_delivered
-            if isinstance(exc, NeoleadsServerError):
-                return idempotent and exc.status_code in RETRYABLE_STATUS
-            return False
-
-        def stop(retry_state: tenacity.RetryCallState) -> bool:
-            exc = retry_state.outcome.exception() if retry_state.outcome else None
-            if isinstance(exc, NeoleadsRateLimitError):
-                waited = time.monotonic() - rate_limited_since[0] if rate_limited_since else 0.0
-                return waited >= self.settings.rate_limit_max_wait
-            return retry_state.attempt_number > self.max_retries
-
-        def wait(retry_state: tenacity.RetryCallState) -> float:
-            exc = retry_state.outcome.exception() if retry_state.outcome else None
-            if isinstance(exc, NeoleadsRateLimitError) and exc.retry_after is not None:
-                return min(exc.retry_after, self.settings.rate_limit_max_wait)
-            # Full jitter: parallel tasks throttled together must not come back together.
-            ceiling = min(self.backoff_max, self.backoff_base * 2 ** (retry_state.attempt_number - 1))
-            return random.uniform(ceiling / 2, ceiling)
-
-        def before_sleep(retry_state: tenacity.RetryCallState) -> None:
-            exc = retry_state.outcome.exception() if retry_state.outcome else None
-            sleep = retry_state.next_action.sleep if retry_state.next_action else 0.0
-            log.warning("Retrying %s %s in %.2f s after: %s", method, display_path, sleep, exc)
-
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(should_retry),
-            stop=stop,
-            wait=wait,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        return retrying(
-            self._send_once, method, path, display_path, json=json, params=params, data=data, files=files
-        )
-
-    def _send_once(
-        self,
-        method: str,
-        path: str,
-        display_path: str,
-        *,
-        json: Any,
-        params: Mapping[str, Any] | None,
-        data: Any,
-        files: Any,
-    ) -> Any:
-        if self.rate_limiter is not None:
-            self.rate_limiter.acquire()
-        started = time.monotonic()
-        try:
-            response = self.session.request(
+        def attempt() -> Any:
+            return send_once(
+                self.session,
                 method,
                 self.url_for(path),
+                display_path,
+                timeout=self.timeout,
+                forms=self._secret_forms,
+                rate_limiter=self.rate_limiter,
                 json=json,
                 params=params,
                 data=data,
                 files=files,
-                timeout=(min(10.0, self.timeout), self.timeout),
-                allow_redirects=False,
             )
-        except requests.RequestException as exc:
-            # str(exc) from requests holds the URL and the socket error, never the headers.
-            raise NeoleadsTransportError(
-                method,
-                display_path,
-                scrub(type(exc).__name__ + ": " + str(exc), self._secret_forms),
-                maybe_delivered=not _never_sent(exc),
-            ) from None
-        log.debug(
-            "%s %s -> %s in %.3f s", method, display_path, response.status_code, time.monotonic() - started
-        )
-        if 300 <= response.status_code < 400:
-            # Never followed (allow_redirects=False) and never success: the body is not the API's answer.
-            raise NeoleadsRedirectError(
-                method, display_path, response.status_code, _redirect_location(response, self._secret_forms)
-            )
-        if response.status_code >= 400:
-            raise self._error_for(method, display_path, response)
-        if not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError:
-            raise NeoleadsApiError(
-                method, display_path, response.status_code, "the server answered with a body that is not JSON"
-            ) from None
 
-    def _error_for(self, method: str, path: str, response: requests.Response) -> NeoleadsApiError:
-        message, attributes, body = _server_message(response, self._secret_forms)
-        status = response.status_code
-        if status == 422:
-            return NeoleadsValidationError(method, path, status, message, body=body, attributes=attributes)
-        if status == 429:
-            return NeoleadsRateLimitError(
-                method, path, status, message, body=body, retry_after=_retry_after_seconds(response)
-            )
-        if status >= 500:
-            return NeoleadsServerError(method, path, status, message, body=body)
-        return _ERROR_CLASSES.get(status, NeoleadsApiError)(method, path, status, message, body=body)
+        return self.retry_policy.call(attempt, method, display_path, idempotent=idempotent)
 
     # ------------------------------------------------------------------ profile and connection test
 
