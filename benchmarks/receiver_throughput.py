@@ -11,7 +11,8 @@ Three phases, each over ``--concurrency`` keep-alive connections:
 
 - cold: the first 2,000 deliveries each server gets after it started;
 - warm: ``--rounds`` rounds of ``--deliveries``, alternating between the servers (a lean asyncio client);
-- wrk: ``--wrk-seconds`` of sustained load from ``wrk -t1`` (Debian's ``wrk``; skipped when not installed).
+- wrk: ``--wrk-seconds`` of sustained load from ``wrk -t1`` (Debian's ``wrk``; skipped when not installed),
+  twice per server, in opposite orders.
 
 For each it reports deliveries per second, p50 and p99 latency and the server's CPU time per request
 (PostgreSQL's too), and compares the default receiver with the bare endpoint.
@@ -196,27 +197,38 @@ def measure(db: str, db_url: str, args: argparse.Namespace, home: Path) -> dict[
             log(f"[{db}] cold {target.name}: {_line(result)}")
         rounds: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
         for number in range(args.rounds):
-            for target in targets:
+            # Every other round in reverse: whoever goes first after a pause runs on a different machine.
+            for target in targets if number % 2 == 0 else targets[::-1]:
                 result = _load(db, target, target.deliveries(args.deliveries, counter), args.concurrency)
                 sent += args.deliveries if target.name != "bare" else 0
                 rounds[target.name].append(result)
                 log(f"[{db}] warm round {number + 1} {target.name}: {_line(result)}")
         figures["warm"] = {name: _median_round(results) for name, results in rounds.items()}
         if args.wrk_seconds and wrk_available():
-            for target in targets:
-                result = _wrk(db, target, args, counter, home)
-                sent += result["requests"] if target.name != "bare" else 0
-                figures["wrk"][target.name] = result
-                log(f"[{db}] wrk {target.name}: {_line(result)}")
+            runs: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
+            for order in (targets, targets[::-1]):
+                for target in order:
+                    result = _wrk(db, target, args, counter, home)
+                    sent += result["requests"] if target.name != "bare" else 0
+                    runs[target.name].append(result)
+                    log(f"[{db}] wrk {target.name}: {_line(result)}")
+            figures["wrk"] = {name: _median_round(results) for name, results in runs.items()}
+            rounds.update({f"wrk_{name}": results for name, results in runs.items()})
         else:
             log(f"[{db}] wrk is not installed (apt-get install wrk): the wrk phase is skipped")
             del figures["wrk"]
+
+    def all_answered_200(result: dict[str, Any]) -> bool:
+        if "statuses" in result:
+            return set(result["statuses"]) == {"200"}
+        return not result["non_2xx"] and not result["socket_errors"]
+
     acknowledged = all(
-        set(r.get("statuses", {"200": 0})) == {"200"} and not r.get("non_2xx") and not r.get("socket_errors")
-        for phase in (figures["cold"], *([figures["wrk"]] if "wrk" in figures else []))
-        for name, r in phase.items()
-        if name != "bare"
-    ) and all(set(r["statuses"]) == {"200"} for name in rounds if name != "bare" for r in rounds[name])
+        all_answered_200(result)
+        for name, results in [*rounds.items(), *((f"cold_{n}", [r]) for n, r in figures["cold"].items())]
+        if not name.endswith("bare")
+        for result in results
+    )
     stored = stored_count(db_url)
     return {
         "db": db,
