@@ -79,8 +79,8 @@ def register(subparsers: Any) -> None:
         "--no-access-log",
         dest="access_log",
         action="store_false",
-        help="do not log a line per request: the lines cost about 15 %% of the receiver's throughput, "
-        "the store records every accepted delivery, and refusals are logged either way",
+        help="do not write a line per request to standard error (the store records every accepted "
+        "delivery, and refusals are logged either way)",
     )
     serve.add_argument(
         "--conn-id",
