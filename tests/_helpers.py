@@ -20,7 +20,7 @@ import urllib.request
 import uuid
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from neoleads_provider.cli.main import main
 from neoleads_provider.events import event_identity, read_event
@@ -32,7 +32,7 @@ from neoleads_provider.store.schema import webhook_events
 from neoleads_provider.webhooks.verify import signed_headers
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from pathlib import Path
 
     import pytest
@@ -291,25 +291,65 @@ def stop_process_group(process: subprocess.Popen[bytes], first: signal.Signals) 
 
 @contextmanager
 def standalone_receiver(
-    *, port: int, db_url: str, env: Mapping[str, str], log_path: Path, host: str | None = None
+    *,
+    port: int,
+    db_url: str,
+    env: Mapping[str, str],
+    log_path: Path,
+    host: str | None = None,
+    args: Sequence[str] = (),
+    open_files: int | None = None,
+    ready: Literal["health", "port"] = "health",
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``neoleads webhooks serve`` as a child process, healthy on ``port``; stopped with SIGINT afterwards.
 
     Its output goes to ``log_path``; the caller may check ``returncode`` once the block has ended.
+
+    :param args: more command-line arguments.
+    :param open_files: the server's open-file limit, soft and hard (it raises its soft one to the hard one).
+    :param ready: wait for ``/neoleads/_health`` to answer, or only for the port to accept (nothing sent
+        through the app first).
     """
     argv = [sys.executable, "-m", "neoleads_provider.cli", "webhooks", "serve"]
     if host is not None:
         argv += ["--host", host]
-    argv += ["--port", str(port), "--db-url", db_url]
+    argv += ["--port", str(port), "--db-url", db_url, *args]
+
+    def limit_open_files() -> None:
+        import resource
+
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
-            argv, env=dict(env), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            env=dict(env),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=limit_open_files if open_files is not None else None,
         )
         try:
-            wait_until_healthy(f"http://127.0.0.1:{port}", process, log_path, name="serve", timeout=60)
+            if ready == "health":
+                wait_until_healthy(f"http://127.0.0.1:{port}", process, log_path, name="serve", timeout=60)
+            else:
+                _wait_until_accepting(port, process, log_path)
             yield process
         finally:
             stop_process_group(process, signal.SIGINT)
+
+
+def _wait_until_accepting(port: int, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing accepted on port {port}: {log_path.read_text()}"
+            time.sleep(0.02)
 
 
 def signed_now(secret: str, body: bytes, delivery_id: str) -> dict[str, str]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -15,7 +13,7 @@ import pytest
 
 from neoleads_provider.webhooks import access_log as access_log_module
 from neoleads_provider.webhooks.access_log import AccessLog
-from tests._helpers import free_port
+from tests._helpers import free_port, standalone_receiver
 
 WHEN = 1777636800.25  # 2026-05-01T12:00:00.250Z
 
@@ -122,37 +120,19 @@ def test_a_broken_stream_is_not_the_callers_problem() -> None:
     log.close()  # no exception
 
 
-def wait_until_up(url: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.poll() is None, "the server exited"
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, f"{url} never answered"
-            time.sleep(0.1)
-
-
 @pytest.mark.parametrize(("flags", "expected"), [((), True), (("--log-level", "warning"), False)])
 def test_the_standalone_server_writes_access_lines_to_stderr_unless_quieter(
     tmp_path, flags, expected
 ) -> None:
     """A real ``neoleads webhooks serve``: the line appears on its standard error within the interval."""
     port = free_port()
-    env = {"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__UNIT_TEST_MODE": "True"}
-    command = [sys.executable, "-m", "neoleads_provider.cli", "webhooks", "serve", "--port", str(port)]
-    command += ["--db-url", f"sqlite:///{tmp_path / 'events.db'}", *flags]
-    with subprocess.Popen(
-        command, env={**os.environ, **env}, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
-    ) as server:
-        try:
-            wait_until_up(f"http://127.0.0.1:{port}/neoleads/_health", server)
-            httpx.post(f"http://127.0.0.1:{port}/neoleads/webhooks/nobody?token=t0p-s3cret", content=b"{}")
-            time.sleep(access_log_module.FLUSH_INTERVAL_SECONDS * 3)
-        finally:
-            server.terminate()
-            _, stderr = server.communicate(timeout=20)
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__UNIT_TEST_MODE": "True"}
+    db_url = f"sqlite:///{tmp_path / 'events.db'}"
+    log_path = tmp_path / "server.log"
+    with standalone_receiver(port=port, db_url=db_url, env=env, log_path=log_path, args=flags):
+        httpx.post(f"http://127.0.0.1:{port}/neoleads/webhooks/nobody?token=t0p-s3cret", content=b"{}")
+        time.sleep(access_log_module.FLUSH_INTERVAL_SECONDS * 3)
+    stderr = log_path.read_text()
     lines = [line for line in stderr.splitlines() if "neoleads_provider.webhooks.access" in line]
     assert bool(lines) is expected, stderr
     if expected:

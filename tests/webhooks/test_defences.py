@@ -10,8 +10,6 @@ import errno
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ from tests._helpers import (
     serving,
     set_env,
     signed_now,
+    standalone_receiver,
 )
 
 if TYPE_CHECKING:
@@ -470,56 +469,24 @@ def _open_descriptors(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def _standalone(
-    tmp_path: Path, *, open_files: int | None = None
-) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``neoleads webhooks serve`` in a process of its own; yields it and its base URL once it accepts.
-
-    What it logs goes to ``server.log`` in ``tmp_path``.
-    """
+def _standalone(tmp_path: Path, *, open_files: int | None = None) -> Iterator[tuple[Any, str]]:
+    """The standalone server, yielded the moment its port accepts; its output goes to ``server.log``."""
     port = free_port()
-    env = {
-        **os.environ,
-        **connection_env(CONN_ID, webhook_secrets=[SECRET]),
-        "AIRFLOW_HOME": str(tmp_path),
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
-    }
-
-    def limit_open_files() -> None:
-        import resource
-
-        if open_files is not None:
-            # Soft and hard alike: the server raises its soft limit to the hard one at start.
-            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
-
-    command = [sys.executable, "-m", "neoleads_provider.cli", "webhooks", "serve", "--port", str(port)]
-    command += ["--db-url", f"sqlite:///{tmp_path / 'events.db'}", "--conn-id", CONN_ID, "--no-access-log"]
-    server = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "server.log").open("w"),
-        text=True,
-        preexec_fn=limit_open_files,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the server never accepted"
-                time.sleep(0.02)
+    with standalone_receiver(
+        port=port,
+        db_url=f"sqlite:///{tmp_path / 'events.db'}",
+        env={
+            **os.environ,
+            **connection_env(CONN_ID, webhook_secrets=[SECRET]),
+            "AIRFLOW_HOME": str(tmp_path),
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+        },
+        log_path=tmp_path / "server.log",
+        args=["--conn-id", CONN_ID, "--no-access-log"],
+        open_files=open_files,
+        ready="port",
+    ) as server:
         yield server, f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def test_at_its_descriptor_limit_the_server_still_answers_a_genuine_delivery_never_500(tmp_path) -> None:
