@@ -24,11 +24,15 @@ __all__ = [
     "API_PAGE_SIZE",
     "MAX_OUTAGE_BACKOFF",
     "OUTAGE_LOG_EVERY",
+    "STILL_WAITING_LOG_EVERY",
     "OutagePolicy",
+    "found_summary",
     "is_transient_api_error",
     "look_in_api",
     "look_in_store",
+    "receiving_problem",
     "repr_without_password",
+    "timeout_message",
 ]
 
 # While the store (or the API) is down the wait between looks doubles up to this, so a long outage costs
@@ -36,6 +40,8 @@ __all__ = [
 MAX_OUTAGE_BACKOFF = 30.0
 # An outage is logged when it starts and then at most this often, not on every look.
 OUTAGE_LOG_EVERY = 60.0
+# A wait says that it is still waiting at most this often (poke mode and the trigger alike).
+STILL_WAITING_LOG_EVERY = 300.0
 # GET .../messages?after=<id> returns at most this many newer messages per call.
 API_PAGE_SIZE = 100
 # Pages read per API look; a conversation with more unread traffic than this is looked at again next time.
@@ -147,3 +153,37 @@ def repr_without_password(trigger: Any) -> str:
 
         kwargs["events_db_url"] = safe_url(kwargs["events_db_url"])
     return trigger.repr(classpath, kwargs)
+
+
+def found_summary(found: Mapping[str, Any]) -> str:
+    """One line for the log about a matched event: what and where, never the message or the contact."""
+    where = "event store" if found.get("source") == "webhook" else "API"
+    event_id = f" (stored event {found['event_id']})" if found.get("event_id") is not None else ""
+    return (
+        f"Matched {found.get('event')} (message {found.get('message_id')}) in conversation "
+        f"{found.get('conversation_id')}, found through the {where}{event_id}"
+    )
+
+
+def timeout_message(flt: EventFilter, timeout: float) -> str:
+    """Why a wait ended without a match, and the two commands that tell why (the same in every mode)."""
+    conversation = f" --conversation-id {flt.conversation_id}" if flt.conversation_id is not None else ""
+    return (
+        f"No matching Neoleads event arrived within the sensor's timeout of {timeout:g} s: waited for "
+        f"{flt.describe()}. Next: `neoleads events list --conn-id {flt.conn_id}{conversation}` lists what was "
+        f"stored for it; `neoleads doctor --conn-id {flt.conn_id}` checks the connection and the receiver"
+    )
+
+
+def receiving_problem(settings: Any) -> str | None:
+    """Why the receiver refuses every delivery for this connection, or None when it can receive them.
+
+    :param settings: the connection's :class:`~neoleads_provider.connection.NeoleadsConnectionSettings`.
+    """
+    if settings.webhook_secrets or settings.webhook_allow_unsigned:
+        return None
+    return (
+        f"connection {settings.conn_id!r} has no 'webhook_secrets' (and does not allow unsigned deliveries), "
+        "so the receiver refuses every delivery for it. Set 'webhook_secrets' to the secret Neoleads signs "
+        "with (`neoleads webhooks register` prints it)"
+    )

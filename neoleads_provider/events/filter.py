@@ -140,6 +140,34 @@ class EventFilter:
                 ) from None
             object.__setattr__(self, "_pattern", compiled)
 
+    def describe(self) -> str:
+        """What this filter waits for, in words, for logs and errors (no secrets or personal data in it).
+
+        For example: ``message_created (incoming) in conversation 7 of account 1 after message 41, on
+        connection neoleads_default``.
+        """
+        text = " or ".join(self.events)
+        qualifiers = []
+        if self.message_types is not None:
+            qualifiers.append("/".join(self.message_types))
+        if self.sender_types is not None:
+            qualifiers.append("sent by " + "/".join(self.sender_types))
+        if self.include_private:
+            qualifiers.append("private notes included")
+        if qualifiers and set(self.events) & MESSAGE_EVENTS:
+            text += f" ({', '.join(qualifiers)})"
+        if self.conversation_id is not None:
+            text += f" in conversation {self.conversation_id}"
+        if self.inbox_id is not None:
+            text += f" in inbox {self.inbox_id}"
+        if self.account_id is not None:
+            text += f" of account {self.account_id}"
+        if self.after_message_id is not None:
+            text += f" after message {self.after_message_id}"
+        if self.content_pattern is not None:
+            text += f" with content matching {self.content_pattern!r}"
+        return f"{text}, on connection {self.conn_id}"
+
     # -- serialisation (trigger kwargs must be JSON) -----------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

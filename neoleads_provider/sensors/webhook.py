@@ -26,6 +26,7 @@ from neoleads_provider.whole_numbers import parse_whole_number
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from neoleads_provider.connection import NeoleadsConnectionSettings
     from neoleads_provider.events.filter import EventFilter
     from neoleads_provider.hooks.neoleads import NeoleadsHook
 
@@ -216,15 +217,19 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
             message = message.replace("EventFilter.sender_types", "sender_type").replace("EventFilter.", "")
             raise NeoleadsConfigError(message) from None
 
-    def _account_id(self) -> int:
+    @cached_property
+    def _settings(self) -> NeoleadsConnectionSettings:
         from airflow.sdk import BaseHook
 
         from neoleads_provider.connection import NeoleadsConnectionSettings
 
         # The token is not needed to read the store, so a receiver-only connection works too.
-        settings = NeoleadsConnectionSettings.from_connection(
+        return NeoleadsConnectionSettings.from_connection(
             BaseHook.get_connection(self.neoleads_conn_id), require_token=False
         )
+
+    def _account_id(self) -> int:
+        settings = self._settings
         if not settings.account_id:
             raise NeoleadsConfigError(
                 f"Connection {self.neoleads_conn_id!r}: field 'account_id' is required to wait for its events"
@@ -254,7 +259,12 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
         """Look once in the store (and the API with ``poll_api``); a store outage is just "not yet"."""
         from neoleads_provider.store.engine import safe_url
         from neoleads_provider.store.errors import EventStoreError, EventStoreSchemaError
-        from neoleads_provider.waiting import is_transient_api_error, look_in_api, look_in_store
+        from neoleads_provider.waiting import (
+            found_summary,
+            is_transient_api_error,
+            look_in_api,
+            look_in_store,
+        )
 
         flt = self.event_filter
         poll_api = self._poll_api_enabled()
@@ -276,22 +286,73 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
                     raise
                 self.log.warning("Looking for the message through the API failed; will look again: %s", exc)
         if found is None:
+            self._say_still_waiting()
             return PokeReturnValue(is_done=False)
-        self.log.info(
-            "Matched %s (message %s) in conversation %s, found through the %s",
-            found["event"],
-            found["message_id"],
-            found["conversation_id"],
-            "event store" if found["source"] == "webhook" else "API",
-        )
+        self.log.info("%s", found_summary(found))
         return PokeReturnValue(is_done=True, xcom_value=found)
 
+    def _say_still_waiting(self) -> None:
+        """In poke mode, say every few minutes that the wait goes on (the first poke said what for)."""
+        import time
+
+        from neoleads_provider.waiting import STILL_WAITING_LOG_EVERY
+
+        now = time.monotonic()
+        started = self.__dict__.setdefault("_waiting_since", now)
+        last = self.__dict__.get("_said_still_waiting_at", started)
+        if now - last >= STILL_WAITING_LOG_EVERY:
+            self.__dict__["_said_still_waiting_at"] = now
+            self.log.info(
+                "Still waiting for %s (%d s so far, timeout %g s)",
+                self.event_filter.describe(),
+                now - started,
+                self.timeout,
+            )
+
+    def _announce(self) -> None:
+        """Say what this task waits for, where it looks and for how long; warn if it cannot succeed."""
+        from neoleads_provider.store.engine import safe_url
+        from neoleads_provider.waiting import receiving_problem
+
+        where = safe_url(self.events_db_url) if self.events_db_url else "[neoleads] events_db_url"
+        api = (
+            f" and through the API every {self.trigger_api_poll_interval if self.deferrable else self.poke_interval:g} s"
+            if self._poll_api_enabled()
+            else ""
+        )
+        mode = "deferred to the triggerer" if self.deferrable else f"{self.mode} mode"
+        self.log.info(
+            "Waiting up to %g s (%s) for %s; looking in the event store %s%s",
+            self.timeout,
+            mode,
+            self.event_filter.describe(),
+            where,
+            api,
+        )
+        problem = receiving_problem(self._settings)
+        if problem is not None:
+            self.log.warning(
+                "This sensor can only succeed %s: %s",
+                "through the API (poll_api)" if self._poll_api_enabled() else "if an event is already stored",
+                problem,
+            )
+
     def execute(self, context: Context) -> Any:
+        from neoleads_provider.version_compat import AirflowSensorTimeout
+        from neoleads_provider.waiting import timeout_message
+
         if isinstance(self.events_db_url, str):
             # Rendered now: a templated URL's password is only known here.
             self._mask_db_password(self.events_db_url)
+        self._announce()
         if not self.deferrable:
-            return super().execute(context)
+            try:
+                return super().execute(context)
+            except AirflowSensorTimeout:
+                # Worded as the deferred wait words it: what was waited for, and what to run next.
+                raise AirflowSensorTimeout(
+                    f"Sensor has timed out: {timeout_message(self.event_filter, self.timeout)}"
+                ) from None
         first_look = self.poke(context)
         if first_look.is_done:
             return first_look.xcom_value
@@ -320,14 +381,44 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> Any:
         """Resume after the trigger fired: return the matched event, or fail (or skip) as the trigger says."""
         from neoleads_provider.version_compat import AirflowSensorTimeout, AirflowSkipException
+        from neoleads_provider.waiting import found_summary, timeout_message
 
         status = event.get("status") if isinstance(event, Mapping) else None
         if status == "success":
-            return event["event"]
+            found = self._matched(event)
+            self.log.info("%s", found_summary(found))
+            return found
         if status == "timeout":
-            message = f"Sensor has timed out: {event.get('message', 'no matching event arrived')}"
+            message = f"Sensor has timed out: {timeout_message(self.event_filter, self.timeout)}"
             if self.soft_fail or getattr(self, "never_fail", False):
                 raise AirflowSkipException(message)
             raise AirflowSensorTimeout(message)
         detail = event.get("message") if isinstance(event, Mapping) else None
         raise NeoleadsError(f"Waiting for the Neoleads event failed: {detail or event!r}")
+
+    def _matched(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """The matched event the trigger named: read again here, so the payload never passes the triggerer.
+
+        The trigger's event is logged by the triggerer and kept in the metadata database: it carries only
+        where the match is (a stored event id, or "the API"), not the customer's message.
+        """
+        from neoleads_provider.store.queries import load_event
+        from neoleads_provider.waiting import look_in_api
+
+        if isinstance(event.get("event"), Mapping):
+            return dict(event["event"])  # a trigger of an earlier release sent the whole event
+        if event.get("source") == "api":
+            found = look_in_api(self.hook, self.event_filter)
+            if found is None:
+                raise NeoleadsError(
+                    f"The message {event.get('message_id')} the trigger found through the API for "
+                    f"{self.event_filter.describe()} is no longer there"
+                )
+            return found
+        stored = load_event(self.events_db_url, int(event["event_id"]), self.neoleads_conn_id)
+        if stored is None:
+            raise NeoleadsError(
+                f"Stored event {event['event_id']} that the trigger matched for {self.event_filter.describe()} "
+                "is no longer in the event store (purged?)"
+            )
+        return {**stored.to_xcom(), "source": "webhook"}

@@ -18,7 +18,14 @@ if TYPE_CHECKING:
     from neoleads_provider.events.filter import EventFilter
     from neoleads_provider.store.records import StoredEvent
 
-__all__ = ["find_first_event", "find_new_events", "load_watch_cursor", "newest_event_id", "save_watch_cursor"]
+__all__ = [
+    "find_first_event",
+    "find_new_events",
+    "load_event",
+    "load_watch_cursor",
+    "newest_event_id",
+    "save_watch_cursor",
+]
 
 
 def _engine(events_db_url: str | None) -> Any:
@@ -37,6 +44,18 @@ def find_first_event(events_db_url: str | None, flt: EventFilter) -> StoredEvent
     engine = _engine(events_db_url)
     with translate_errors(engine), engine.connect() as conn:
         return find_first_match(conn, flt)
+
+
+def load_event(events_db_url: str | None, event_id: int, conn_id: str) -> StoredEvent | None:
+    """The stored event with this id, if it belongs to ``conn_id``; None otherwise.
+
+    :raises EventStoreError: the store failed.
+    """
+    from neoleads_provider.store.repository import get_event
+
+    engine = _engine(events_db_url)
+    with translate_errors(engine), engine.connect() as conn:
+        return get_event(conn, event_id, conn_id=conn_id)
 
 
 def newest_event_id(events_db_url: str | None, conn_id: str | None = None) -> int:

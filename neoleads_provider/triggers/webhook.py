@@ -24,6 +24,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from neoleads_provider.connection import DEFAULT_CONN_ID
 from neoleads_provider.events.filter import EventFilter
 from neoleads_provider.waiting import (
+    STILL_WAITING_LOG_EVERY,
     OutagePolicy,
     is_transient_api_error,
     look_in_api,
@@ -51,6 +52,22 @@ MIN_LOOK_GAP = 0.1
 # -- the trigger -----------------------------------------------------------------------------------------
 
 
+def _success(found: Mapping[str, Any]) -> dict[str, Any]:
+    """The success event: where the match is, not what it says.
+
+    The triggerer logs every event it fires and Airflow keeps it in the metadata database; the customer's
+    message and contact stay in the event store (or the API), from where the sensor reads them on resuming.
+    """
+    return {
+        "status": "success",
+        "source": found["source"],
+        "event_id": found.get("event_id"),
+        "event_name": found.get("event"),
+        "message_id": found.get("message_id"),
+        "conversation_id": found.get("conversation_id"),
+    }
+
+
 def _positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"NeoleadsWebhookTrigger {name} must be a positive number of seconds, got {value!r}")
@@ -60,7 +77,8 @@ def _positive(name: str, value: Any) -> float:
 class NeoleadsWebhookTrigger(BaseTrigger):
     """Fire once a stored webhook event (or, with ``poll_api``, an API message) matches a filter.
 
-    Events: ``{"status": "success", "event": <XCom dict>}`` on a match; ``{"status": "timeout", ...}``
+    Events: ``{"status": "success", "source": "webhook" | "api", "event_id": ..., "message_id": ...}`` on a
+    match (where it is, never the message itself: the sensor reads it back); ``{"status": "timeout", ...}``
     once ``end_time`` passes; ``{"status": "error", "message": ...}`` when waiting cannot succeed
     (the store has no schema, the connection is missing or refused). A store outage is logged and
     waited out.
@@ -140,7 +158,19 @@ class NeoleadsWebhookTrigger(BaseTrigger):
         # for it are stored, so a reply is seen within a fraction of a second whatever poll_interval is.
         watcher = watcher_for(self.events_db_url)
         interest = interest_of(self._filter)
+        waiting_since = last_said = loop.time()
+        self.log.info(
+            "Waiting for %s; looking in the event store every %g s and whenever it stores a row for it%s",
+            self._filter.describe(),
+            self.poll_interval,
+            f", and through the API every {self.api_poll_interval:g} s" if self.poll_api else "",
+        )
         while True:
+            if loop.time() - last_said >= STILL_WAITING_LOG_EVERY:
+                last_said = loop.time()
+                self.log.info(
+                    "Still waiting for %s (%d s so far)", self._filter.describe(), last_said - waiting_since
+                )
             # Read before looking: a change during the look then ends the wait below at once.
             seen_version = watcher.version
             looked_at = loop.time()
@@ -169,7 +199,7 @@ class NeoleadsWebhookTrigger(BaseTrigger):
                 if ended:
                     self.log.info("The Neoleads event store is back after %s failed looks", ended)
             if found is not None:
-                yield TriggerEvent({"status": "success", "event": found})
+                yield TriggerEvent(_success(found))
                 return
 
             if self.poll_api and loop.time() >= next_api_look:
@@ -189,7 +219,7 @@ class NeoleadsWebhookTrigger(BaseTrigger):
                         "Looking for the message through the API failed; will try again: %s", exc
                     )
                 if found is not None:
-                    yield TriggerEvent({"status": "success", "event": found})
+                    yield TriggerEvent(_success(found))
                     return
 
             if self.end_time is not None:
@@ -198,7 +228,8 @@ class NeoleadsWebhookTrigger(BaseTrigger):
                     yield TriggerEvent(
                         {
                             "status": "timeout",
-                            "message": "No matching Neoleads event arrived before the sensor's timeout",
+                            "message": "No matching Neoleads event arrived before the sensor's timeout: "
+                            f"waited for {self._filter.describe()}",
                             "end_time": self.end_time,
                         }
                     )

@@ -100,6 +100,70 @@ def test_poke_mode_times_out_and_soft_fail_skips(events_url):
         sensor(events_url, timeout=0.2, soft_fail=True).execute({})
 
 
+EXPECTED_TIMEOUT = (
+    "Sensor has timed out: No matching Neoleads event arrived within the sensor's timeout of 0.2 s: waited "
+    "for message_created (incoming) in conversation 7 of account 1 after message 100, on connection "
+    "neoleads_default. Next: `neoleads events list --conn-id neoleads_default --conversation-id 7` lists what "
+    "was stored for it; `neoleads doctor --conn-id neoleads_default` checks the connection and the receiver"
+)
+
+
+def test_a_timeout_says_what_was_awaited_and_what_to_run_next_in_poke_and_deferred_modes(events_url):
+    with pytest.raises(AirflowSensorTimeout) as poked:
+        sensor(events_url, timeout=0.2).execute({})
+    with pytest.raises(AirflowSensorTimeout) as deferred:
+        sensor(events_url, timeout=0.2, deferrable=True).execute_complete({}, event={"status": "timeout"})
+    assert str(poked.value) == str(deferred.value) == EXPECTED_TIMEOUT
+
+
+def test_the_wait_is_announced_with_what_where_and_how_long(events_url, caplog, capfd):
+    caplog.set_level(logging.INFO)
+    with pytest.raises(TaskDeferred):
+        sensor(events_url, deferrable=True, timeout=600).execute({})
+    text = logged(capfd, caplog)
+    assert (
+        "Waiting up to 600 s (deferred to the triggerer) for message_created (incoming) in conversation 7 of "
+        "account 1 after message 100, on connection neoleads_default; looking in the event store sqlite:///"
+    ) in text
+    # This connection has no webhook secret: the receiver refuses every delivery for it.
+    assert (
+        "This sensor can only succeed if an event is already stored: connection 'neoleads_default' has no"
+        in text
+    )
+
+
+def test_a_connection_that_can_receive_gets_no_warning(events_url, monkeypatch, caplog, capfd):
+    use_connection(
+        monkeypatch,
+        TEST_CONN_ID,
+        host="http://127.0.0.1:9",
+        password="sensor-test-token",
+        account_id=1,
+        webhook_secrets=["sensor-webhook-secret"],
+    )
+    caplog.set_level(logging.INFO)
+    store_payloads(events_url, message_payload(101, content="my secret address"))
+    sensor(events_url).execute({})
+    text = logged(capfd, caplog)
+    assert "can only succeed" not in text
+    # One concise line on success, without the message or the contact.
+    assert "Matched message_created (message 101) in conversation 7, found through the event store" in text
+    assert "my secret address" not in text
+    assert "Ada" not in text
+
+
+def test_poke_mode_says_every_few_minutes_that_it_still_waits(events_url, monkeypatch, caplog, capfd):
+    from neoleads_provider import waiting
+
+    monkeypatch.setattr(waiting, "STILL_WAITING_LOG_EVERY", 0.1)
+    caplog.set_level(logging.INFO)
+    with pytest.raises(AirflowSensorTimeout):
+        sensor(events_url, timeout=0.5).execute({})
+    lines = [line for line in logged(capfd, caplog).splitlines() if "Still waiting for" in line]
+    assert 2 <= len(lines) <= 12, lines
+    assert "Still waiting for message_created (incoming) in conversation 7" in lines[0]
+
+
 def test_reschedule_mode_gives_the_slot_back_then_finds_the_reply(events_url):
     task = sensor(events_url, mode="reschedule", poke_interval=30)
     ti = FakeTaskInstance()
@@ -212,7 +276,7 @@ def test_deferrable_returns_at_once_when_the_reply_is_already_stored(events_url)
 
 def test_execute_complete_turns_timeouts_and_errors_into_failures_or_skips(events_url):
     timeout_event = {"status": "timeout", "message": "nothing came"}
-    with pytest.raises(AirflowSensorTimeout, match="nothing came"):
+    with pytest.raises(AirflowSensorTimeout, match="within the sensor's timeout of 10 s"):
         sensor(events_url).execute_complete({}, event=timeout_event)
     with pytest.raises(AirflowSkipException):
         sensor(events_url, soft_fail=True).execute_complete({}, event=timeout_event)

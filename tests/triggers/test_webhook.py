@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from neoleads_provider.events.filter import EventFilter
 from neoleads_provider.store.engine import dispose_engines, get_engine
 from neoleads_provider.store.migrate import migrate
+from neoleads_provider.store.queries import load_event
 from neoleads_provider.triggers import webhook as trigger_module
 from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
 from tests._helpers import message_payload, store_payloads, use_sandbox_connection
@@ -175,9 +177,9 @@ async def test_run_fires_when_a_row_is_inserted_from_another_thread(events_url, 
         inserter.join()
     assert time.monotonic() - started >= 0.35
     assert event["status"] == "success"
-    assert event["event"]["source"] == "webhook"
-    assert event["event"]["payload"]["content"] == "the reply"
-    assert event["event"]["message_id"] == 101
+    assert event["source"] == "webhook"
+    assert stored(events_url, event)["payload"]["content"] == "the reply"
+    assert event["message_id"] == 101
     assert json.loads(json.dumps(event)) == event
     assert ticks >= 10
     # It looked several times, never faster than the poll interval allows.
@@ -186,11 +188,29 @@ async def test_run_fires_when_a_row_is_inserted_from_another_thread(events_url, 
     assert min(gaps) >= 0.04
 
 
+def stored(url: str, event: dict[str, Any], conn_id: str = "neoleads_default") -> dict[str, Any]:
+    """The stored event a success event points at (what the sensor reads back on resuming)."""
+    found = load_event(url, event["event_id"], conn_id)
+    assert found is not None
+    return found.to_xcom()
+
+
+async def test_a_success_event_names_the_match_without_the_message_or_the_contact(events_url):
+    """The triggerer logs every event it fires and Airflow keeps it: no personal data may ride in it."""
+    store_payloads(events_url, message_payload(101, content="my address is 1 Secret Lane"))
+    event = await first_event(trigger(events_url, poll_interval=30))
+    text = json.dumps(event)
+    assert "Secret Lane" not in text
+    assert "Ada" not in text  # the sender's name in the payload
+    assert len(text) < 300
+    assert set(event) == {"status", "source", "event_id", "event_name", "message_id", "conversation_id"}
+
+
 async def test_run_fires_at_once_for_a_reply_already_stored(events_url):
     store_payloads(events_url, message_payload(101, content="early bird"))
     event = await first_event(trigger(events_url, poll_interval=30))
-    assert event["event"]["payload"]["content"] == "early bird"
-    assert event["event"]["conn_id"] == "neoleads_default"
+    assert stored(events_url, event)["payload"]["content"] == "early bird"
+    assert stored(events_url, event)["conn_id"] == "neoleads_default"
 
 
 async def test_run_never_fires_for_a_reply_received_for_another_connection(events_url, looks):
@@ -204,7 +224,8 @@ async def test_run_never_fires_for_a_reply_received_for_another_connection(event
     )
     found = await first_event(own)
     assert found["status"] == "success"
-    assert (found["event"]["conn_id"], found["event"]["payload"]["content"]) == ("neoleads_b", "sent to B")
+    event = stored(events_url, found, conn_id="neoleads_b")
+    assert (event["conn_id"], event["payload"]["content"]) == ("neoleads_b", "sent to B")
 
 
 async def test_run_yields_a_timeout_event_at_the_end_time(events_url, looks):
@@ -234,7 +255,7 @@ async def test_a_store_outage_is_waited_out_with_backoff_then_the_event_fires(tm
         recovery.join()
         dispose_engines()
     assert event["status"] == "success"
-    assert event["event"]["payload"]["content"] == "after the outage"
+    assert stored(url, event)["payload"]["content"] == "after the outage"
     # Backing off (0.04, 0.08, 0.16, ...) keeps an outage of 0.8 s to a handful of looks.
     assert 3 <= len(looks) <= 10
 
@@ -277,11 +298,10 @@ async def test_poll_api_fills_a_lost_delivery(events_url, neoleads_sandbox, sand
     )
     event = await first_event(trig)
     assert event["status"] == "success"
-    found = event["event"]
-    assert found["source"] == "api"
-    assert found["payload"]["content"] == "Tuesday works"
-    assert found["message_type"] == "incoming"
-    assert found["conversation_id"] == conversation_id
+    assert event["source"] == "api"
+    assert event["event_id"] is None
+    assert event["message_id"] > sandbox_conversation["message_id"]
+    assert event["conversation_id"] == conversation_id
     api_looks = [r for r in neoleads_sandbox.requests if r[0] == "GET" and r[1].endswith("/messages")]
     # One look at the start, then one per api_poll_interval, not one per store look.
     assert 1 <= len(api_looks) <= 6
@@ -299,7 +319,7 @@ async def test_poll_api_rides_out_a_transient_api_failure(events_url, neoleads_s
     )
     event = await first_event(trig)
     assert event["status"] == "success"
-    assert event["event"]["payload"]["content"] == "Tuesday works"
+    assert event["source"] == "api"
     statuses = [r[2] for r in neoleads_sandbox.requests if r[0] == "GET" and r[1].endswith("/messages")]
     assert statuses[:3] == [503, 503, 200]
 
@@ -330,3 +350,20 @@ async def test_poll_api_ends_with_an_error_when_the_connection_is_missing(events
     event = await first_event(trig)
     assert event["status"] == "error"
     assert "neoleads_missing" in event["message"]
+
+
+async def test_the_trigger_says_what_it_waits_for_and_that_it_still_waits(
+    events_url, monkeypatch, caplog, capfd
+):
+    from neoleads_provider.triggers import webhook as trigger_module
+
+    monkeypatch.setattr(trigger_module, "STILL_WAITING_LOG_EVERY", 0.1)
+    caplog.set_level(logging.INFO)
+    event = await first_event(trigger(events_url, end_time=time.time() + 0.5))
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text
+    assert "Waiting for message_created (incoming) in conversation 7" in text
+    assert "looking in the event store every 0.05 s" in text
+    assert 2 <= text.count("Still waiting for message_created") <= 8
+    assert event["status"] == "timeout"
+    assert "waited for message_created (incoming) in conversation 7" in event["message"]
