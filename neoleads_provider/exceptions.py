@@ -66,10 +66,25 @@ class NeoleadsApiError(NeoleadsError):
         """The constructor's arguments, for pickling; subclasses with more keywords add theirs."""
         return (self.method, self.path, self.status_code, self.server_message), {"body": self.body}
 
+    #: What the failure means in the caller's terms (the field, its value, the connection), once known.
+    hint: str | None = None
+
+    def add_hint(self, hint: str) -> None:
+        """Append what the failure means in the caller's terms, e.g. ``inbox_id 99 was not found in account 1
+        (connection neoleads_default)``: the server's own message rarely names the field."""
+        self.hint = hint
+        self.args = (f"{self.args[0]}. {hint}",)
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Rebuilt from its own arguments: the triggerer and task runner pickle exceptions across processes.
         args, kwargs = self._init_args()
         return (_rebuild, (type(self), args, kwargs), dict(self.__dict__))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        hint = state.pop("hint", None)
+        self.__dict__.update(state)
+        if hint:
+            self.add_hint(hint)
 
 
 class NeoleadsAuthError(NeoleadsApiError):

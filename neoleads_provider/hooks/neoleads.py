@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mimetypes
@@ -17,6 +18,7 @@ from neoleads_provider.exceptions import (
     NeoleadsAuthError,
     NeoleadsConfigError,
     NeoleadsError,
+    NeoleadsNotFoundError,
     NeoleadsServerError,
     NeoleadsTransportError,
     NeoleadsValidationError,
@@ -30,7 +32,7 @@ from neoleads_provider.hooks.transport import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     import requests
 
@@ -43,6 +45,12 @@ CONVERSATION_STATUSES = ("open", "resolved", "pending", "snoozed")
 MAX_ATTACHMENTS = 15
 # The profile response echoes the caller's token; it must never travel further than the hook.
 PROFILE_SECRET_FIELDS = ("access_token", "pubsub_token")
+# Where each id a call names is looked up, to say which one a 404 was about.
+_LOOKUP_PATHS = {
+    "inbox_id": "inboxes/{}",
+    "contact_id": "contacts/{}",
+    "conversation_id": "conversations/{}",
+}
 
 
 class NeoleadsHook(BaseHook):
@@ -192,7 +200,54 @@ class NeoleadsHook(BaseHook):
                 files=files,
             )
 
-        return self.retry_policy.call(attempt, method, display_path, idempotent=idempotent)
+        try:
+            return self.retry_policy.call(attempt, method, display_path, idempotent=idempotent)
+        except NeoleadsAuthError as exc:
+            exc.add_hint(self._auth_hint(exc))
+            raise
+
+    def _auth_hint(self, exc: NeoleadsAuthError) -> str:
+        if "account" in exc.server_message.lower():
+            return (
+                f"account_id {self.account_id} of connection {self.neoleads_conn_id!r} is not an account of "
+                "this token's user; `neoleads doctor` lists the token's accounts"
+            )
+        return (
+            f"The API access token in the password of connection {self.neoleads_conn_id!r} was refused; copy a "
+            "valid one from the Neoleads profile page"
+        )
+
+    @contextlib.contextmanager
+    def _naming_what_is_missing(self, **ids: int | None) -> Iterator[None]:
+        """On a 404, find which of ``ids`` (or the account itself) the server does not know, and say so.
+
+        The server answers "Resource could not be found" whichever it was; a failed call costs one or two
+        more lookups to name it, e.g. ``inbox_id 99 was not found in account 1 (connection neoleads_default)``.
+        """
+        try:
+            yield
+        except NeoleadsNotFoundError as exc:
+            hint = None if exc.hint else self._missing(ids)
+            if hint is not None:
+                exc.add_hint(hint)
+            raise
+
+    def _missing(self, ids: Mapping[str, int | None]) -> str | None:
+        where = f"(connection {self.neoleads_conn_id!r})"
+        try:
+            accounts = [account.get("id") for account in self.get_profile().get("accounts") or []]
+            if self.account_id not in accounts:
+                return f"account_id {self.account_id} is not one of this token's accounts {sorted(accounts)} {where}"
+            for name, value in ids.items():
+                if value is None:
+                    continue
+                try:
+                    self.request("GET", _LOOKUP_PATHS[name].format(int(value)))
+                except NeoleadsNotFoundError:
+                    return f"{name} {value} was not found in account {self.account_id} {where}"
+        except NeoleadsError:
+            return None  # the lookup failed too: the server's own message is all there is
+        return None
 
     # ------------------------------------------------------------------ profile and connection test
 
@@ -234,7 +289,8 @@ class NeoleadsHook(BaseHook):
 
     def get_inbox(self, inbox_id: int) -> dict[str, Any]:
         """One inbox."""
-        return dict(self.request("GET", f"inboxes/{int(inbox_id)}"))
+        with self._naming_what_is_missing(inbox_id=inbox_id):
+            return dict(self.request("GET", f"inboxes/{int(inbox_id)}"))
 
     def create_api_inbox(self, name: str, webhook_url: str | None = None) -> dict[str, Any]:
         """Create an API inbox (``POST /inboxes``); needs an administrator's token.
@@ -352,7 +408,8 @@ class NeoleadsHook(BaseHook):
             additional_attributes=dict(additional_attributes) if additional_attributes else None,
             avatar_url=avatar_url,
         )
-        return dict(self.request("POST", "contacts", json=body)["payload"])
+        with self._naming_what_is_missing(inbox_id=inbox_id):
+            return dict(self.request("POST", "contacts", json=body)["payload"])
 
     def get_contact(self, contact_id: int) -> dict[str, Any]:
         """One contact, with its ``contact_inboxes``."""
@@ -406,14 +463,15 @@ class NeoleadsHook(BaseHook):
         Replayed only with an explicit ``source_id``, which makes the server's create idempotent.
         """
         body = _without_none(inbox_id=int(inbox_id), source_id=source_id)
-        return dict(
-            self.request(
-                "POST",
-                f"contacts/{int(contact_id)}/contact_inboxes",
-                json=body,
-                idempotent=source_id is not None,
+        with self._naming_what_is_missing(contact_id=contact_id, inbox_id=inbox_id):
+            return dict(
+                self.request(
+                    "POST",
+                    f"contacts/{int(contact_id)}/contact_inboxes",
+                    json=body,
+                    idempotent=source_id is not None,
+                )
             )
-        )
 
     def get_or_create_contact(
         self,
@@ -511,11 +569,13 @@ class NeoleadsHook(BaseHook):
             additional_attributes=dict(additional_attributes) if additional_attributes else None,
             message=dict(message) if message else None,
         )
-        return dict(self.request("POST", "conversations", json=body))
+        with self._naming_what_is_missing(inbox_id=inbox_id, contact_id=contact_id):
+            return dict(self.request("POST", "conversations", json=body))
 
     def get_conversation(self, conversation_id: int) -> dict[str, Any]:
         """One conversation, by display id."""
-        return dict(self.request("GET", f"conversations/{int(conversation_id)}"))
+        with self._naming_what_is_missing(conversation_id=conversation_id):
+            return dict(self.request("GET", f"conversations/{int(conversation_id)}"))
 
     def toggle_status(
         self, conversation_id: int, status: str | None = None, *, snoozed_until: int | None = None
@@ -527,14 +587,15 @@ class NeoleadsHook(BaseHook):
         _check_status(status)
         body = _without_none(status=status, snoozed_until=snoozed_until)
         # Setting an explicit status twice has the same effect as once; a bare toggle does not.
-        return dict(
-            self.request(
-                "POST",
-                f"conversations/{int(conversation_id)}/toggle_status",
-                json=body,
-                idempotent=status is not None,
-            )["payload"]
-        )
+        with self._naming_what_is_missing(conversation_id=conversation_id):
+            return dict(
+                self.request(
+                    "POST",
+                    f"conversations/{int(conversation_id)}/toggle_status",
+                    json=body,
+                    idempotent=status is not None,
+                )["payload"]
+            )
 
     # ------------------------------------------------------------------ messages
 
@@ -572,9 +633,10 @@ class NeoleadsHook(BaseHook):
             template_params=dict(template_params) if template_params else None,
             source_id=source_id,
         )
-        if not files:
-            return dict(self.request("POST", path, json=fields))
-        return dict(self.request("POST", path, data=_form_fields(fields), files=files))
+        with self._naming_what_is_missing(conversation_id=conversation_id):
+            if not files:
+                return dict(self.request("POST", path, json=fields))
+            return dict(self.request("POST", path, data=_form_fields(fields), files=files))
 
     def list_messages(
         self, conversation_id: int, *, after: int | None = None, before: int | None = None

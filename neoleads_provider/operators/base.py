@@ -50,5 +50,8 @@ class NeoleadsBaseOperator(BaseOperator):
         return NeoleadsHook(neoleads_conn_id=self.neoleads_conn_id)
 
     def push_link(self, context: Context, key: str, url: str) -> None:
-        """Record a web-app URL for the task's extra link."""
+        """Record a web-app URL for the task's extra link, and in XCom under ``key``."""
+        from neoleads_provider.operators.links import remember_link
+
+        remember_link(self, key, url)
         context["ti"].xcom_push(key=key, value=url)

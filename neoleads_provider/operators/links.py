@@ -14,15 +14,27 @@ CONVERSATION_URL_KEY = "neoleads_conversation_url"
 CONTACT_URL_KEY = "neoleads_contact_url"
 
 
+#: Where an operator keeps the URLs it found while it ran, by XCom key (see :func:`remember_link`).
+LINKS_ATTRIBUTE = "_neoleads_links"
+
+
+def remember_link(operator: BaseOperator, key: str, url: str) -> None:
+    """Keep ``url`` on the running operator for its extra link (it is pushed to XCom under ``key`` too)."""
+    operator.__dict__.setdefault(LINKS_ATTRIBUTE, {})[key] = url
+
+
 class _XComUrlLink(BaseOperatorLink):
-    """A link whose URL the operator pushed to XCom under ``url_key`` while it ran."""
+    """A link to the URL the operator found under ``url_key`` while it ran.
+
+    Airflow asks for the link once, in the task's own process when it finishes, and keeps the answer for the
+    UI. So the URL is read from the operator itself rather than XCom: a task that failed before it had a URL
+    then has no link, quietly, where reading the missing XCom logged an error that looked like a second fault.
+    """
 
     url_key = ""
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
-
-        url = XCom.get_value(ti_key=ti_key, key=self.url_key)
+        url = operator.__dict__.get(LINKS_ATTRIBUTE, {}).get(self.url_key)
         return url if isinstance(url, str) else ""
 
 

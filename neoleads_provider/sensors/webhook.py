@@ -311,10 +311,10 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
 
     def _announce(self) -> None:
         """Say what this task waits for, where it looks and for how long; warn if it cannot succeed."""
-        from neoleads_provider.store.engine import safe_url
+        from neoleads_provider.store.engine import get_events_db_url, safe_url
         from neoleads_provider.waiting import receiving_problem
 
-        where = safe_url(self.events_db_url) if self.events_db_url else "[neoleads] events_db_url"
+        where = safe_url(self.events_db_url or get_events_db_url())
         api = (
             f" and through the API every {self.trigger_api_poll_interval if self.deferrable else self.poke_interval:g} s"
             if self._poll_api_enabled()

@@ -53,3 +53,18 @@ with DAG(dag_id="neoleads_templated_ids", schedule=None, start_date=START, catch
     )
     # Jinja xcom_pull adds no dependency by itself.
     contact >> conversation >> note
+
+# The first hour's failures, as a user meets them: a contact in an inbox that does not exist, and a sensor
+# whose reply never comes (its connection has no webhook secret, so it also warns that it cannot succeed).
+with DAG(dag_id="neoleads_first_hour_failures", schedule=None, start_date=START, catchup=False):
+    from neoleads_provider.sensors.webhook import NeoleadsWebhookSensor
+
+    NeoleadsCreateContactOperator(task_id="contact_in_a_missing_inbox", name="Lost Lou", inbox_id=99)
+    NeoleadsWebhookSensor(
+        task_id="reply_that_never_comes",
+        conversation_id=4242,
+        after_message_id=1,
+        mode="poke",
+        poke_interval=0.5,
+        timeout=2,
+    )

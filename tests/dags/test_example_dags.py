@@ -22,7 +22,9 @@ def migrated_db(airflow_home):
     return airflow_home
 
 
-def dags_test(dag_id: str, sandbox, *, dags_folder: Path, conf: dict | None = None, **extra) -> str:
+def dags_test(
+    dag_id: str, sandbox, *, dags_folder: Path, conf: dict | None = None, succeed: bool = True, **extra
+) -> str:
     env = os.environ.copy()
     env.update(sandbox.connection_env("neoleads_default", **extra))
     env["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags_folder)
@@ -31,7 +33,7 @@ def dags_test(dag_id: str, sandbox, *, dags_folder: Path, conf: dict | None = No
         command += ["--conf", json.dumps(conf)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    assert (result.returncode == 0) is succeed, output[-6000:]
     return output
 
 
@@ -64,6 +66,36 @@ def test_a_retried_send_never_sends_twice(migrated_db, neoleads_sandbox):
     contents = [m.content for m in neoleads_sandbox.state.messages.values()]
     assert contents == ["exactly once"], output[-3000:]
     assert "already delivered by an earlier try" in output
+
+
+def test_first_hour_failures_say_what_is_wrong_and_nothing_else(migrated_db, neoleads_sandbox):
+    from neoleads_provider.store.engine import get_engine
+    from neoleads_provider.store.migrate import migrate
+
+    migrate(get_engine(os.environ["AIRFLOW__NEOLEADS__EVENTS_DB_URL"]))
+    output = dags_test(
+        "neoleads_first_hour_failures",
+        neoleads_sandbox,
+        dags_folder=REPO / "tests" / "dag_files",
+        succeed=False,
+        max_retries=0,
+    )
+    # The error names the field, its value, the account and the connection.
+    assert "inbox_id 99 was not found in account 1 (connection 'neoleads_default')" in output
+    # A failed task's extra link is quietly empty: no second error that looks like another fault.
+    assert "XCom not found" not in output
+    # The sensor says what it waits for, that it cannot succeed through the receiver, and on its timeout
+    # the two commands to run next.
+    assert (
+        "Waiting up to 2 s (poke mode) for message_created (incoming) in conversation 4242 of account 1 after "
+        "message 1, on connection neoleads_default; looking in the event store sqlite:///" in output
+    )
+    assert (
+        "This sensor can only succeed if an event is already stored: connection 'neoleads_default' has no"
+        in output
+    )
+    assert "No matching Neoleads event arrived within the sensor's timeout of 2 s" in output
+    assert "`neoleads events list --conn-id neoleads_default --conversation-id 4242`" in output
 
 
 def test_templated_ids_and_first_message(migrated_db, neoleads_sandbox):
