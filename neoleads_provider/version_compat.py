@@ -21,6 +21,7 @@ __all__ = [
     "AIRFLOW_V_3_2_PLUS",
     "AIRFLOW_V_3_3_PLUS",
     "AIRFLOW_V_3_4_PLUS",
+    "AirflowFailException",
     "AirflowNotFoundException",
     "AirflowSensorTimeout",
     "AirflowSkipException",
@@ -51,6 +52,12 @@ except ImportError:  # Airflow 3.1 has them in airflow.exceptions only.
         AirflowSensorTimeout,
         AirflowSkipException,
     )
+
+try:
+    # Fails the task at once, without its retries (the task runner checks for this class).
+    from airflow.sdk.exceptions import AirflowFailException
+except ImportError:  # Airflow 3.1
+    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef,assignment]
 
 
 try:

@@ -35,6 +35,7 @@ from neoleads_provider.hooks.neoleads import NeoleadsHook
 from neoleads_provider.operators.base import NeoleadsBaseOperator, as_id
 from neoleads_provider.ratelimit import DEFAULT_REQUESTS_PER_MINUTE, TokenBucket
 from neoleads_provider.store.errors import EventStoreError
+from neoleads_provider.version_compat import AirflowFailException
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -54,12 +55,19 @@ MAX_CONCURRENCY = 32
 ABORT_AFTER_CONSECUTIVE_OUTAGE_FAILURES = 25
 REUSABLE_CONVERSATION_STATUSES = ("open", "pending")
 PROGRESS_LOG_SECONDS = 15.0
+# A row for a new contact takes three requests: the contact, the conversation and the message.
+REQUESTS_PER_NEW_CONTACT = 3
 MAX_REASON_LENGTH = 300
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 class NeoleadsBulkSendError(NeoleadsError):
     """A bulk send stopped early, or more rows failed than ``max_failures`` allows."""
+
+
+class NeoleadsBulkRowsInvalidError(NeoleadsBulkSendError, AirflowFailException):
+    """More rows failed than ``max_failures`` allows, each for a reason a retry cannot fix (a row without an
+    email, a value the server refuses): the task fails at once instead of spending its retries."""
 
 
 def bulk_source_id(key: SendKey, row_key: str) -> str:
@@ -89,11 +97,14 @@ class _Row:
     """One input row, validated: what to find or create, what to send, or why it cannot be sent."""
 
     index: int
+    #: Where the row is in the user's input: ``line 702 of contacts.csv``, or ``rows[700]``.
+    where: str = ""
     row_key: str | None = None
     contact: dict[str, Any] = field(default_factory=dict)
     content: str | None = None
     error: str | None = None
-    duplicate_of: int | None = None
+    #: Where the earlier row with the same row_key is.
+    duplicate_of: str | None = None
 
 
 def _text(value: Any) -> str | None:
@@ -287,6 +298,8 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
                 fileloc = getattr(dag, "fileloc", None)
                 if fileloc:
                     path = Path(fileloc).parent / path
+            # Row n is on line n + 2: the header is line 1.
+            self._where = lambda index: f"line {index + 2} of {path.name}"
             return read_rows_csv(path)
         if isinstance(rows, dict) or not hasattr(rows, "__iter__"):
             raise NeoleadsConfigError(
@@ -301,8 +314,9 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
     def _prepare(self, raw_rows: list[Mapping[str, Any]], template: string.Template | None) -> list[_Row]:
         prepared: list[_Row] = []
         first_by_key: dict[str, int] = {}
+        where = getattr(self, "_where", lambda index: f"rows[{index}]")
         for index, raw in enumerate(raw_rows):
-            row = _Row(index=index)
+            row = _Row(index=index, where=where(index))
             prepared.append(row)
             try:
                 row.contact = _contact_fields(raw)
@@ -313,7 +327,8 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
             key = explicit or _identity_key(row.contact)
             if key is None:
                 row.error = (
-                    "the row has no identifier, email or phone_number to find or create the contact by"
+                    "the row's identifier, email and phone_number are all empty or missing: the contact "
+                    "cannot be found or created without one of them"
                 )
                 continue
             row.row_key = _short_key(key)
@@ -330,7 +345,7 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
             row.content = content
             earlier = first_by_key.setdefault(row.row_key, index)
             if earlier != index:
-                row.duplicate_of = earlier
+                row.duplicate_of = where(earlier)
         return prepared
 
     # ------------------------------------------------------------------ run
@@ -387,7 +402,9 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
             inbox_id,
             sum(1 for record in records.values() if record.state == "sent"),
             self.concurrency,
-            f"at most {self.requests_per_minute:g} requests/min"
+            f"at most {self.requests_per_minute:g} requests/min (requests_per_minute): about "
+            f"{self.requests_per_minute / 60 / REQUESTS_PER_NEW_CONTACT:.0f} rows/s for new contacts, which take "
+            f"{REQUESTS_PER_NEW_CONTACT} requests each"
             if self.requests_per_minute
             else "no rate limit",
         )
@@ -404,9 +421,16 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
                     f"The bulk send stopped early ({counts}, {run.not_started} not started): {run.fatal}. "
                     "Fix the cause and rerun the task: rows already sent are skipped."
                 )
+            message = f"{result['failed']} of {result['total']} rows failed (max_failures={self.max_failures}; {counts})"
+            if run.transient_failures == 0:
+                # Every failure would fail the same way again: retries would only repeat it.
+                raise NeoleadsBulkRowsInvalidError(
+                    f"{message}. Each failed for a reason a retry cannot fix (listed above and in the "
+                    "bulk_result XCom): fix those rows, or raise max_failures, then rerun the task; rows "
+                    "already sent are skipped."
+                )
             raise NeoleadsBulkSendError(
-                f"{result['failed']} of {result['total']} rows failed (max_failures={self.max_failures}; "
-                f"{counts}). Rerun the task to retry them: rows already sent are skipped."
+                f"{message}. Rerun the task to retry them: rows already sent are skipped."
             )
         return result
 
@@ -425,9 +449,8 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
         )
         failures = [outcome for outcome in run.outcomes if outcome and outcome["outcome"] == "failed"]
         for outcome in failures[:10]:
-            self.log.warning(
-                "Row %s (%s) failed: %s", outcome["row"], outcome.get("row_key"), outcome["reason"]
-            )
+            key = f" ({outcome['row_key']})" if outcome.get("row_key") else ""
+            self.log.warning("Row at %s%s failed: %s", outcome["where"], key, outcome["reason"])
         if len(failures) > 10:
             self.log.warning("... and %s more failed rows (see the XCom)", len(failures) - 10)
 
@@ -459,6 +482,9 @@ class _BulkRun:
         self._lock = threading.Lock()
         self._consecutive_outages = 0
         self._done = 0
+        #: Failed rows whose cause may go away (network, 429, 5xx): a retry of the task may send them.
+        self.transient_failures = 0
+        self._counts = {"sent": 0, "skipped": 0, "failed": 0}
 
     # -- orchestration
 
@@ -488,6 +514,7 @@ class _BulkRun:
 
         from concurrent.futures import ThreadPoolExecutor
 
+        started = time.monotonic()
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="neoleads-bulk") as pool:
             futures = [pool.submit(worker) for _ in range(min(concurrency, max(1, len(rows))))]
             last_log = time.monotonic()
@@ -499,20 +526,36 @@ class _BulkRun:
                     except TimeoutError:
                         if time.monotonic() - last_log >= PROGRESS_LOG_SECONDS:
                             last_log = time.monotonic()
-                            self.operator.log.info(
-                                "Bulk send progress: %s of %s rows done", self._done, len(rows)
-                            )
+                            self._log_progress(len(rows), time.monotonic() - started)
         if stop.is_set() and self.fatal is None:
             self.fatal = "the task was stopped"
         self.not_started = sum(1 for outcome in self.outcomes if outcome is None)
+
+    def _log_progress(self, total: int, elapsed: float) -> None:
+        with self._lock:
+            done, counts = self._done, dict(self._counts)
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = f", about {(total - done) / rate:.0f} s left" if rate > 0 else ""
+        self.operator.log.info(
+            "Bulk send progress: %s of %s rows done (%s sent, %s skipped, %s failed), %.1f rows/s%s",
+            done,
+            total,
+            counts["sent"],
+            counts["skipped"],
+            counts["failed"],
+            rate,
+            left,
+        )
 
     def _record(self, row: _Row, outcome: dict[str, Any], stop: threading.Event) -> None:
         with self._lock:
             self.outcomes[row.index] = outcome
             self._done += 1
+            self._counts[outcome["outcome"]] += 1
             if outcome["outcome"] != "failed":
                 self._consecutive_outages = 0
             elif outcome.pop("_outage", False):
+                self.transient_failures += 1
                 self._consecutive_outages += 1
                 if (
                     self._consecutive_outages >= ABORT_AFTER_CONSECUTIVE_OUTAGE_FAILURES
@@ -530,7 +573,12 @@ class _BulkRun:
 
     @staticmethod
     def _outcome(row: _Row, outcome: str, **values: Any) -> dict[str, Any]:
-        result: dict[str, Any] = {"row": row.index, "row_key": row.row_key, "outcome": outcome}
+        result: dict[str, Any] = {
+            "row": row.index,
+            "where": row.where,
+            "row_key": row.row_key,
+            "outcome": outcome,
+        }
         result.update({name: value for name, value in values.items() if value is not None})
         return result
 
@@ -543,7 +591,7 @@ class _BulkRun:
         if row.error is not None:
             return self._failed(row, row.error)
         if row.duplicate_of is not None:
-            return self._outcome(row, "skipped", reason=f"same row_key as row {row.duplicate_of}")
+            return self._outcome(row, "skipped", reason=f"same row_key as the row at {row.duplicate_of}")
         assert row.row_key is not None
         assert row.content is not None
         record = self.records.get(row.row_key)

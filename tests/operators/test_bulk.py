@@ -295,12 +295,13 @@ def test_bad_rows_fail_alone_and_duplicates_are_skipped(
     result = make(rows, message_template="Hi $name", max_failures=3).execute({"ti": ti})
     outcomes = {o["row"]: o for o in result["rows"]}
     assert outcomes[0]["outcome"] == "failed"
-    assert "no identifier, email or phone_number" in outcomes[0]["reason"]
+    assert "identifier, email and phone_number are all empty or missing" in outcomes[0]["reason"]
     assert outcomes[2] == {
         "row": 2,
+        "where": "rows[2]",
         "row_key": "email:dup@example.com",
         "outcome": "skipped",
-        "reason": "same row_key as row 1",
+        "reason": "same row_key as the row at rows[1]",
     }
     assert "needs $name" in outcomes[3]["reason"]
     assert "custom_attributes" in outcomes[4]["reason"]
@@ -398,3 +399,57 @@ def test_the_operator_can_be_deep_copied_before_and_after_it_made_its_hook(neole
     assert limited.hook.rate_limiter is not None
     twin = copy.deepcopy(limited)
     assert twin.task_id == "send"
+
+
+def test_rows_a_retry_cannot_fix_fail_the_task_without_its_retries_and_name_their_csv_lines(
+    neoleads_sandbox, neoleads_connection, run_id, tmp_path, caplog, capfd
+) -> None:
+    from neoleads_provider.operators.bulk import NeoleadsBulkRowsInvalidError
+    from neoleads_provider.version_compat import AirflowFailException
+
+    (tmp_path / "people.csv").write_text(
+        "name,email\nAda,ada@example.com\nNo Email,\nGrace,grace@example.com\n", encoding="utf-8"
+    )
+    ti = StubTI(run_id)
+    with pytest.raises(NeoleadsBulkRowsInvalidError) as raised:
+        make(str(tmp_path / "people.csv"), message_template="Hi $name").execute({"ti": ti})
+    # A row without an email fails the same way on every try: the task fails without spending its retries.
+    assert isinstance(raised.value, AirflowFailException)
+    assert "a reason a retry cannot fix" in str(raised.value)
+    [failed] = [o for o in ti.xcom["bulk_result"]["rows"] if o["outcome"] == "failed"]
+    # Numbered as the user's file: the header is line 1, so data row 1 is line 3.
+    assert (failed["row"], failed["where"]) == (1, "line 3 of people.csv")
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text
+    assert "Row at line 3 of people.csv failed: the row's identifier, email and phone_number" in text
+    assert "Row at line 3 of people.csv (None)" not in text
+
+
+def test_a_failure_a_retry_may_fix_keeps_the_task_retryable(
+    neoleads_sandbox, neoleads_connection, run_id
+) -> None:
+    from neoleads_provider.operators.bulk import NeoleadsBulkRowsInvalidError
+
+    neoleads_sandbox.inject(500, method="POST", path="/messages", count=1)
+    with pytest.raises(NeoleadsBulkSendError) as raised:
+        make(rows_for(3), concurrency=1).execute({"ti": StubTI(run_id)})
+    assert not isinstance(raised.value, NeoleadsBulkRowsInvalidError)
+
+
+def test_the_start_line_states_the_rate_cap_and_progress_counts_rate_and_eta(
+    neoleads_sandbox, neoleads_connection, run_id, monkeypatch, caplog, capfd
+) -> None:
+    from neoleads_provider.operators import bulk
+
+    monkeypatch.setattr(bulk, "PROGRESS_LOG_SECONDS", 0.0)
+    neoleads_sandbox.inject(delay=0.4, method="POST", path="/messages", count=4)
+    make(rows_for(4), concurrency=1, requests_per_minute=2400).execute({"ti": StubTI(run_id)})
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text
+    assert "at most 2400 requests/min (requests_per_minute): about 13 rows/s for new contacts" in text
+    progress = [line for line in text.splitlines() if "Bulk send progress:" in line]
+    assert progress, text[-2000:]
+    assert " sent, " in progress[0]
+    assert " skipped, " in progress[0]
+    assert " failed), " in progress[0]
+    assert "rows/s" in progress[0]
