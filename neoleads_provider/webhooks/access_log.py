@@ -46,7 +46,8 @@ def _printable(text: Any) -> str:
 class AccessLog:
     """Queue access entries from any thread; format and write them from a thread of its own.
 
-    :param stream: where lines go; default: standard error as it is when they are written.
+    :param stream: where lines go; default: standard error as it is when this is made (as logging's
+        ``StreamHandler`` does: a later swap of ``sys.stderr`` does not move the lines).
     :param interval: the longest a line waits, in seconds.
     :param clock: the unix time of an entry.
     """
@@ -58,7 +59,7 @@ class AccessLog:
         interval: float = FLUSH_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._stream = stream
+        self._stream: IO[str] = stream if stream is not None else sys.stderr
         self._interval = interval
         self._clock = clock
         # deque.append and popleft are atomic: the event loop takes no lock and makes no system call.
@@ -110,10 +111,9 @@ class AccessLog:
                 lines.append(f"({dropped} access lines were dropped: the log stream was not keeping up)\n")
             if not lines:
                 return
-            stream = self._stream if self._stream is not None else sys.stderr
             try:
-                stream.write("".join(lines))
-                stream.flush()
+                self._stream.write("".join(lines))
+                self._stream.flush()
             except (OSError, ValueError):  # a closed or broken stream: there is nowhere else to say so
                 pass
 

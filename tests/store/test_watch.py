@@ -11,6 +11,7 @@ from sqlalchemy import event
 from neoleads_provider.events import EventFilter
 from neoleads_provider.store import watch
 from neoleads_provider.store.engine import get_engine
+from neoleads_provider.store.queries import load_event
 from neoleads_provider.store.watch import ANY, interest_of, read_new_rows, watcher_for
 from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
 from tests._helpers import later, message_payload, store_payloads
@@ -140,6 +141,8 @@ async def test_a_trigger_with_a_long_poll_interval_fires_within_a_second(events_
         await run.aclose()
         timer.join()
     assert fired.payload["status"] == "success"
-    assert fired.payload["event"]["payload"]["content"] == "the reply"
+    stored = load_event(events_url, fired.payload["event_id"], CONN)
+    assert stored is not None
+    assert stored.to_xcom()["payload"]["content"] == "the reply"
     # Without the watcher the next look would come 30 s after the first.
     assert time.monotonic() - started < 0.6 + 1.0
