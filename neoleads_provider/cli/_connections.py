@@ -76,9 +76,10 @@ def not_defined_message(conn_id: str) -> str:
     )
 
 
-def hook_for(conn_id: str) -> NeoleadsHook:
+def hook_for(conn_id: str, **hook_kwargs: Any) -> NeoleadsHook:
     """A :class:`NeoleadsHook` for ``conn_id``, looked up as :func:`resolve_connection` does.
 
+    :param hook_kwargs: passed to the hook, e.g. ``max_retries=0`` for a check that should fail fast.
     :raises NeoleadsConfigError: the connection is undefined or one of its fields is invalid.
     """
     from neoleads_provider.connection import NeoleadsConnectionSettings
@@ -88,7 +89,7 @@ def hook_for(conn_id: str) -> NeoleadsHook:
     conn = resolve_connection(conn_id)
     if conn is None:
         raise NeoleadsConfigError(not_defined_message(conn_id))
-    hook = NeoleadsHook(neoleads_conn_id=conn_id)
+    hook = NeoleadsHook(neoleads_conn_id=conn_id, **hook_kwargs)
     # ``settings`` is a cached property: setting it here spares the hook its own (SDK) lookup.
     hook.settings = NeoleadsConnectionSettings.from_connection(conn)
     return hook

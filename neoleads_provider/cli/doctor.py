@@ -108,8 +108,17 @@ class _Context:
         for name in names:
             self.add(name, SKIP, because)
 
+    #: Whether the connection is a metadata-database row, which ``--apply`` can update.
+    applies: bool = False
+
     def receiver_hint(self) -> str:
         return self.receiver_url or "<receiver URL>"
+
+    def apply(self, what: str = "") -> str:
+        """The end of a fix command: ``--apply`` where it can update the connection, else where to copy to."""
+        if self.applies:
+            return f" --apply{what}"
+        return " (then put the setting it prints where the connection is defined: --apply only updates a row of the metadata database)"
 
 
 _API_CHECKS = ("token", "account", "role", "inbox", "webhook_url", "signing secret")
@@ -153,18 +162,21 @@ def _check_connection(ctx: _Context) -> None:
         )
         return
     try:
-        ctx.hook = hook_for(ctx.conn_id)
+        # A diagnosis reports what it meets at once: an unreachable server must not cost the retries (and
+        # their warnings) a task would spend before the table says so.
+        ctx.hook = hook_for(ctx.conn_id, max_retries=0, timeout=PROBE_TIMEOUT_SECONDS)
     except NeoleadsConfigError as exc:
         ctx.add("connection", FAIL, str(exc), "correct that field of the connection")
         return
     ctx.settings = ctx.hook.settings
     if ctx.inbox_id is None:
         ctx.inbox_id = ctx.settings.inbox_id
+    source = connection_source(ctx.conn_id)
+    ctx.applies = source == "metadata database"
     ctx.add(
         "connection",
         PASS,
-        f"{ctx.conn_id}: {ctx.settings.base_url}, account {ctx.settings.account_id} "
-        f"(from the {connection_source(ctx.conn_id)})",
+        f"{ctx.conn_id}: {ctx.settings.base_url}, account {ctx.settings.account_id} (from the {source})",
     )
 
 
@@ -254,8 +266,10 @@ def _check_source(ctx: _Context) -> None:
     assert ctx.hook is not None
     hook, conn_id = ctx.hook, ctx.conn_id
     where = ctx.receiver_url or f"path /neoleads/webhooks/{conn_id}"
-    create_fix = f"neoleads inboxes create --conn-id {conn_id} --name Airflow --apply" + (
-        "" if ctx.receiver_url else " --webhook-url <receiver URL>"
+    create_fix = (
+        f"neoleads inboxes create --conn-id {conn_id} --name Airflow"
+        + ("" if ctx.receiver_url else " --webhook-url <receiver URL>")
+        + ctx.apply()
     )
     if ctx.inbox_id is None:
         try:
@@ -348,7 +362,7 @@ def _check_source(ctx: _Context) -> None:
     ctx.source_secret_visible = "secret" in inbox
     set_fix = (
         f"neoleads inboxes set-webhook --conn-id {conn_id} --inbox-id {ctx.inbox_id} "
-        f"--url {ctx.receiver_hint()} --apply"
+        f"--url {ctx.receiver_hint()}{ctx.apply()}"
     )
     if not ctx.source_url:
         ctx.add(
@@ -386,9 +400,9 @@ def _check_secret(ctx: _Context) -> None:
     settings, conn_id = ctx.settings, ctx.conn_id
     apply_fix = (
         f"neoleads inboxes set-webhook --conn-id {conn_id} --inbox-id {ctx.inbox_id} "
-        f"--url {ctx.receiver_hint()} --apply (prints the inbox's secret and adds it to the connection)"
+        f"--url {ctx.receiver_hint()}{ctx.apply(' (prints the inbox secret and adds it to the connection)')}"
         if ctx.source and ctx.source.startswith("inbox")
-        else f"neoleads inboxes create --conn-id {conn_id} --name Airflow --apply"
+        else f"neoleads inboxes create --conn-id {conn_id} --name Airflow{ctx.apply()}"
     )
     secrets = settings.webhook_secrets
     if ctx.source_secret_visible and ctx.source and not ctx.source_secret:

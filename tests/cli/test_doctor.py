@@ -4,6 +4,7 @@ and each broken piece is reported as a named failure with its fix (exit status 1
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -230,7 +231,7 @@ BROKEN = {
         lambda s: s.connection(inbox_id=99),
         "inbox",
         "account 1 has no inbox 99",
-        f"neoleads inboxes create --conn-id {CONN} --name Airflow --apply",
+        f"neoleads inboxes create --conn-id {CONN} --name Airflow",
     ),
     "website inbox": (
         lambda s: s.connection(inbox_id=2),
@@ -242,13 +243,13 @@ BROKEN = {
         lambda s: (s.sandbox.set_inbox_webhook(s.inbox_id, None), s.connection(inbox_id=None)),
         "inbox",
         "nothing in Neoleads delivers to this receiver",
-        f"neoleads inboxes create --conn-id {CONN} --name Airflow --apply",
+        f"neoleads inboxes create --conn-id {CONN} --name Airflow",
     ),
     "no webhook_url": (
         lambda s: s.sandbox.set_inbox_webhook(s.inbox_id, None),
         "webhook_url",
         "has no webhook_url: Neoleads delivers none of its events",
-        "neoleads inboxes set-webhook --conn-id nl_doctor --inbox-id {inbox} --url {receiver} --apply",
+        "neoleads inboxes set-webhook --conn-id nl_doctor --inbox-id {inbox} --url {receiver}",
     ),
     "webhook_url elsewhere": (
         lambda s: s.sandbox.set_inbox_webhook(
@@ -256,19 +257,19 @@ BROKEN = {
         ),
         "webhook_url",
         "posts to https://elsewhere.example.com/hook?token=<hidden>, not to this receiver",
-        "neoleads inboxes set-webhook --conn-id nl_doctor --inbox-id {inbox} --url {receiver} --apply",
+        "neoleads inboxes set-webhook --conn-id nl_doctor --inbox-id {inbox} --url {receiver}",
     ),
     "no webhook secrets": (
         lambda s: s.connection(webhook_secrets=None),
         "signing secret",
         "the connection lists no webhook_secrets: the receiver refuses every signed delivery (401)",
-        "neoleads inboxes set-webhook --conn-id nl_doctor --inbox-id {inbox} --url {receiver} --apply",
+        "neoleads inboxes set-webhook --conn-id nl_doctor --inbox-id {inbox} --url {receiver}",
     ),
     "secret not listed": (
         lambda s: s.connection(webhook_secrets=["an-older-secret-1"]),
         "signing secret",
         "signs with a secret that is not among the connection's 1 webhook_secrets",
-        "neoleads inboxes set-webhook --conn-id nl_doctor --inbox-id {inbox} --url {receiver} --apply",
+        "neoleads inboxes set-webhook --conn-id nl_doctor --inbox-id {inbox} --url {receiver}",
     ),
 }
 
@@ -284,6 +285,11 @@ def test_each_broken_piece_is_a_named_failure_with_its_fix(capsys, setup: Setup,
     assert [item["name"] for item in failed] == [name], output
     assert detail in failed[0]["detail"]
     assert fix.format(inbox=setup.inbox_id, receiver=setup.receiver_url) in failed[0]["fix"]
+    if fix.startswith("neoleads inboxes"):
+        # The connection is an environment variable: --apply could not update it, so it is not suggested.
+        assert "--apply only updates a row of the metadata database" in failed[0]["fix"]
+        assert " --apply (" not in failed[0]["fix"]
+        assert not failed[0]["fix"].endswith("--apply")
     # The rest still ran (the store does not depend on the API), and nothing secret was printed.
     assert statuses(report)["event store"] == "PASS"
     assert_no_secrets(setup, output)
@@ -364,3 +370,26 @@ def test_bad_arguments_exit_2(capsys) -> None:
         main(["doctor", "--receiver-url", "ftp://x"])
     assert info.value.code == 2
     assert "is not an http(s) URL" in capsys.readouterr().err
+
+
+def test_an_unreachable_server_is_reported_at_once_without_retry_warnings(
+    capsys, setup: Setup, caplog
+) -> None:
+    """A task's connection retries (5 by default); the doctor reports what it meets on the first try."""
+    setup.monkeypatch.setenv(
+        f"AIRFLOW_CONN_{CONN.upper()}",
+        json.dumps(
+            {
+                "conn_type": "neoleads",
+                "host": f"http://127.0.0.1:{free_port()}",
+                "password": "x",
+                "extra": {**setup.extra, "account_id": 1},
+            }
+        ),
+    )
+    started = time.monotonic()
+    code, report, output = doctor(capsys)
+    assert code == 1
+    assert check(report, "token")["status"] == "FAIL"
+    assert time.monotonic() - started < 5
+    assert "Retrying" not in output + caplog.text
