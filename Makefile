@@ -6,10 +6,12 @@ BIN := $(VENV)/bin
 .PHONY: demo airflow test lint venv clean
 
 $(BIN)/python:
+	@echo "Creating $(VENV) and installing Airflow and the provider into it (the first run takes a few minutes)..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 venv: $(BIN)/python
+	@echo "Installing the provider into $(VENV) (pip, quiet)..."
 	$(BIN)/pip install --quiet -e '.[test]'
 
 # Runs neoleads_send_message and neoleads_wait_for_reply with `airflow dags test` against the built-in

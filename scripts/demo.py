@@ -44,8 +44,9 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], headers: dict[str,
     raise SystemExit(f"{url} did not come up within 60 s")
 
 
-def run_dag(dag_id: str, env: dict[str, str], marker: str) -> str:
-    print(f"\n==> airflow dags test {dag_id}", flush=True)
+def run_dag(dag_id: str, env: dict[str, str], marker: str) -> tuple[str, str]:
+    """Run ``dag_id`` with ``airflow dags test``; return the line after ``marker``, and the whole log."""
+    print(f"==> airflow dags test {dag_id}", flush=True)
     result = subprocess.run(
         [str(BIN / "airflow"), "dags", "test", dag_id],
         env=env,
@@ -62,7 +63,7 @@ def run_dag(dag_id: str, env: dict[str, str], marker: str) -> str:
         raise SystemExit(f"{dag_id} failed (exit {result.returncode}); full log: {log}")
     found = re.search(re.escape(marker) + r".*", lines[-1])
     assert found is not None
-    return found.group(0)
+    return found.group(0), result.stdout + result.stderr
 
 
 def main() -> int:
@@ -127,8 +128,8 @@ def main() -> int:
             print("==> airflow db migrate", flush=True)
             subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
 
-            sent = run_dag("neoleads_send_message", env, "NEOLEADS RESULT")
-            replied = run_dag("neoleads_wait_for_reply", env, "NEOLEADS REPLY")
+            sent, _ = run_dag("neoleads_send_message", env, "NEOLEADS RESULT")
+            replied, wait_log = run_dag("neoleads_wait_for_reply", env, "NEOLEADS REPLY")
     finally:
         for process in processes:
             process.terminate()
@@ -138,11 +139,28 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
     fields = dict(re.findall(r"(\w+)=(\S+)", sent))
-    print("\nThe send flow ran against the sandbox:")
+    print(
+        "\nThe send flow created a contact in the sandbox's API inbox, opened a conversation and sent a message:"
+    )
     for key in ("contact_id", "source_id", "conversation_id", "message_id"):
         print(f"  {key:16} {fields.get(key)}")
-    print(f"\nThe wait-for-reply flow got the customer's reply through the verified webhook:\n  {replied}")
-    print(f"\nLogs: {WORK}")
+    waiting = re.search(r"Waiting up to .*? for (.*?); looking", wait_log)
+    if waiting:
+        print(
+            f"\nThe wait-for-reply sensor deferred to the triggerer (no worker slot held), waiting for\n  {waiting.group(1)}"
+        )
+    print(
+        "\nThe sandbox's auto-reply answered as the customer. Neoleads (the sandbox) signed the message_created "
+        "webhook and\nposted it to the receiver, which verified and stored it; the trigger found it and the DAG "
+        f"went on:\n  {replied}"
+    )
+    print(
+        f"\nLogs of every step: {WORK}\n"
+        "\nNext:\n"
+        "  make airflow                      a real Airflow with the UI, the receiver and the sandbox\n"
+        "  docs/getting-started.md           the same flow against your own Neoleads server\n"
+        f"  neoleads events list --db-url sqlite:///{WORK / 'neoleads_events.db'}   what the receiver stored"
+    )
     return 0
 
 
