@@ -330,6 +330,8 @@ class Deployment:
                 "AIRFLOW__NEOLEADS__EVENTS_DB_URL": self.db_url,
                 # Re-parse the DAG files soon after a change, not after the default 30 s.
                 "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+                # And see a new DAG file within 10 s, not the default 5 minutes.
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             }
         )
         self.env = env
@@ -518,6 +520,7 @@ Airflow UI:        {deployment.base_url}/   (user {deployment.admin_user}, passw
 Neoleads sandbox:  {sandbox.url}   (token {sandbox.token}, account {sandbox.account_id}, API inbox {sandbox.api_inbox_id})
 Webhooks:          sandbox -> {deployment.webhook_url}
 Logs:              {deployment.home}/*.log   (removed on exit)
+Your own DAGs:     save them in {ROOT / "dags"}; the DAG processor picks a new file up within 10 s
 
 Try it:
   1. Trigger neoleads_wait_for_reply (its form shows the params). It sends the question and waits, deferred.
