@@ -123,8 +123,8 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": [
-            f"{PACKAGE}.operators.links.NeoleadsConversationLink",
-            f"{PACKAGE}.operators.links.NeoleadsContactLink",
+            f"{PACKAGE}.links.NeoleadsConversationLink",
+            f"{PACKAGE}.links.NeoleadsContactLink",
         ],
         "config": {
             "neoleads": {

@@ -51,7 +51,7 @@ class NeoleadsBaseOperator(BaseOperator):
 
     def push_link(self, context: Context, key: str, url: str) -> None:
         """Record a web-app URL for the task's extra link, and in XCom under ``key``."""
-        from neoleads_provider.operators.links import remember_link
+        from neoleads_provider.links import remember_link
 
         remember_link(self, key, url)
         context["ti"].xcom_push(key=key, value=url)

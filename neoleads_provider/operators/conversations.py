@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from neoleads_provider.exceptions import NeoleadsConfigError
+from neoleads_provider.links import CONVERSATION_URL_KEY, NeoleadsConversationLink
 from neoleads_provider.operators.base import NeoleadsBaseOperator, as_id
-from neoleads_provider.operators.links import CONVERSATION_URL_KEY, NeoleadsConversationLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

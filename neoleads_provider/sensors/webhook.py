@@ -20,6 +20,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from neoleads_provider.connection import DEFAULT_CONN_ID
 from neoleads_provider.exceptions import NeoleadsConfigError, NeoleadsError
+from neoleads_provider.links import NeoleadsConversationLink
 from neoleads_provider.version_compat import conf
 from neoleads_provider.whole_numbers import parse_whole_number
 
@@ -123,6 +124,7 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
         "poll_api",
     )
     ui_color = "#1f93ff"
+    operator_extra_links = (NeoleadsConversationLink(),)
 
     def __init__(
         self,
@@ -309,6 +311,14 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
                 self.timeout,
             )
 
+    def _link_the_conversation(self) -> None:
+        """The task's "Neoleads conversation" link: the conversation it waits on."""
+        from neoleads_provider.links import CONVERSATION_URL_KEY, remember_link
+
+        conversation_id = self.event_filter.conversation_id
+        if conversation_id is not None:
+            remember_link(self, CONVERSATION_URL_KEY, self._settings.conversation_url(conversation_id))
+
     def _announce(self) -> None:
         """Say what this task waits for, where it looks and for how long; warn if it cannot succeed."""
         from neoleads_provider.store.engine import get_events_db_url, safe_url
@@ -345,6 +355,7 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
             # Rendered now: a templated URL's password is only known here.
             self._mask_db_password(self.events_db_url)
         self._announce()
+        self._link_the_conversation()
         if not self.deferrable:
             try:
                 return super().execute(context)
@@ -383,6 +394,8 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
         from neoleads_provider.version_compat import AirflowSensorTimeout, AirflowSkipException
         from neoleads_provider.waiting import found_summary, timeout_message
 
+        # A resumed task is a new process: the link is made again for the task runner's finalize.
+        self._link_the_conversation()
         status = event.get("status") if isinstance(event, Mapping) else None
         if status == "success":
             found = self._matched(event)

@@ -538,3 +538,18 @@ def test_deferrable_with_poll_api_completes_from_the_api(events_url, neoleads_sa
     result = task.execute_complete({}, event=event.payload)
     assert result["source"] == "api"
     assert result["payload"]["content"] == "Deferred and found"
+
+
+def test_the_sensor_links_to_the_conversation_it_waits_on(events_url) -> None:
+    from neoleads_provider.links import NeoleadsConversationLink
+
+    task = sensor(events_url, deferrable=True)
+    with pytest.raises(TaskDeferred):
+        task.execute({})
+    link = NeoleadsConversationLink().get_link(task, ti_key=None)  # type: ignore[arg-type]
+    assert link == "http://127.0.0.1:9/app/accounts/1/conversations/7"
+    # Resumed in a new process (a fresh task object): the link is made again.
+    resumed = sensor(events_url, deferrable=True)
+    with pytest.raises(AirflowSensorTimeout):
+        resumed.execute_complete({}, event={"status": "timeout"})
+    assert NeoleadsConversationLink().get_link(resumed, ti_key=None) == link  # type: ignore[arg-type]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from neoleads_provider.links import CONTACT_URL_KEY, NeoleadsContactLink
 from neoleads_provider.operators import NeoleadsCreateContactOperator
-from neoleads_provider.operators.links import CONTACT_URL_KEY, NeoleadsContactLink
 
 
 class RecordingTaskInstance:

@@ -1,4 +1,4 @@
-"""Extra links from a task to the contact or conversation it touched in the Neoleads web app."""
+"""Extra links from a task (an operator, or the sensor) to the contact or conversation it touched in the Neoleads web app."""
 
 from __future__ import annotations
 
