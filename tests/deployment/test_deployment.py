@@ -307,6 +307,19 @@ def test_wait_for_reply_defers_and_completes_on_the_webhook(
     assert any("Pausing task as DEFERRED" in line for line in log_events)
     assert any(line.endswith("starting") and "wait_for_reply" in line for line in log_events)
     assert "Trigger fired event" in log_events
+    # The sensor said what it waits for, and on resuming one line without the customer's message.
+    assert any(
+        line.startswith("Waiting up to")
+        and "(deferred to the triggerer)" in line
+        and f"conversation {conversation_id}" in line
+        for line in log_events
+    ), log_events
+    assert any(line.startswith("Matched message_created") for line in log_events), log_events
+
+    sensor_links = deployment.api("GET", f"{ti_path}/links")
+    assert sensor_links["extra_links"] == {
+        "Neoleads conversation": f"{sandbox.url}/app/accounts/{sandbox.account_id}/conversations/{conversation_id}"
+    }
 
     links = deployment.api(
         "GET",
