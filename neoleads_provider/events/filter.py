@@ -165,7 +165,8 @@ class EventFilter:
         if self.after_message_id is not None:
             text += f" after message {self.after_message_id}"
         if self.content_pattern is not None:
-            text += f" with content matching {self.content_pattern!r}"
+            # Not the pattern itself: it may be built from a customer's data (an order number, a phone).
+            text += " with content matching content_pattern"
         return f"{text}, on connection {self.conn_id}"
 
     # -- serialisation (trigger kwargs must be JSON) -----------------------------------------------------

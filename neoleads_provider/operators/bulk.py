@@ -26,10 +26,12 @@ from neoleads_provider.exceptions import (
     NeoleadsAuthError,
     NeoleadsConfigError,
     NeoleadsError,
+    NeoleadsForbiddenError,
     NeoleadsNotFoundError,
     NeoleadsRateLimitError,
     NeoleadsServerError,
     NeoleadsTransportError,
+    NeoleadsValidationError,
 )
 from neoleads_provider.hooks.neoleads import NeoleadsHook
 from neoleads_provider.operators.base import NeoleadsBaseOperator, as_id
@@ -76,20 +78,27 @@ def bulk_source_id(key: SendKey, row_key: str) -> str:
     return "airflow-bulk-" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:40]
 
 
-def read_rows_csv(path: str | Path) -> list[dict[str, str]]:
+def read_rows_csv(path: str | Path, lines: list[int] | None = None) -> list[dict[str, str]]:
     """Read a CSV file with a header line into a list of dicts (UTF-8, a byte-order mark is ignored).
 
+    :param lines: if given, filled with each row's line number in the file (its last line, for a cell that
+        spans several; blank lines are skipped as the reader skips them).
     :raises NeoleadsConfigError: the file is missing or has no header.
     """
     path = Path(path)
     if not path.is_file():
         raise NeoleadsConfigError(f"rows: CSV file {str(path)!r} does not exist")
+    rows: list[dict[str, str]] = []
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames:
             raise NeoleadsConfigError(f"rows: CSV file {str(path)!r} has no header line")
-        # Extra cells beyond the header land under the key None; they have no column name to mean anything.
-        return [{key: value for key, value in row.items() if key is not None} for row in reader]
+        for row in reader:
+            # Extra cells beyond the header land under the key None; they have no column name to mean anything.
+            rows.append({key: value for key, value in row.items() if key is not None})
+            if lines is not None:
+                lines.append(reader.line_num)
+    return rows
 
 
 @dataclass
@@ -298,9 +307,10 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
                 fileloc = getattr(dag, "fileloc", None)
                 if fileloc:
                     path = Path(fileloc).parent / path
-            # Row n is on line n + 2: the header is line 1.
-            self._where = lambda index: f"line {index + 2} of {path.name}"
-            return read_rows_csv(path)
+            lines: list[int] = []
+            rows = read_rows_csv(path, lines)
+            self._where = lambda index: f"line {lines[index]} of {path.name}"
+            return list(rows)
         if isinstance(rows, dict) or not hasattr(rows, "__iter__"):
             raise NeoleadsConfigError(
                 f"rows must be a list of dicts or a CSV file path; got {type(rows).__name__}"
@@ -552,10 +562,11 @@ class _BulkRun:
             self.outcomes[row.index] = outcome
             self._done += 1
             self._counts[outcome["outcome"]] += 1
+            if outcome.pop("_retryable", False):
+                self.transient_failures += 1
             if outcome["outcome"] != "failed":
                 self._consecutive_outages = 0
             elif outcome.pop("_outage", False):
-                self.transient_failures += 1
                 self._consecutive_outages += 1
                 if (
                     self._consecutive_outages >= ABORT_AFTER_CONSECUTIVE_OUTAGE_FAILURES
@@ -582,14 +593,18 @@ class _BulkRun:
         result.update({name: value for name, value in values.items() if value is not None})
         return result
 
-    def _failed(self, row: _Row, reason: str, *, outage: bool = False) -> dict[str, Any]:
+    def _failed(
+        self, row: _Row, reason: str, *, outage: bool = False, retryable: bool = True
+    ) -> dict[str, Any]:
+        """A failed row; ``retryable`` unless a retry of the task would fail it the same way."""
         outcome = self._outcome(row, "failed", reason=reason)
         outcome["_outage"] = outage
+        outcome["_retryable"] = retryable
         return outcome
 
     def _process(self, row: _Row) -> dict[str, Any]:
         if row.error is not None:
-            return self._failed(row, row.error)
+            return self._failed(row, row.error, retryable=False)
         if row.duplicate_of is not None:
             return self._outcome(row, "skipped", reason=f"same row_key as the row at {row.duplicate_of}")
         assert row.row_key is not None
@@ -611,7 +626,16 @@ class _BulkRun:
             raise _Abort() from exc
         except (NeoleadsTransportError, NeoleadsServerError) as exc:
             return self._failed(row, _reason(exc), outage=True)
+        except (
+            NeoleadsConfigError,
+            NeoleadsForbiddenError,
+            NeoleadsNotFoundError,
+            NeoleadsValidationError,
+        ) as exc:
+            # The same row fails the same way on every try.
+            return self._failed(row, _reason(exc), retryable=False)
         except NeoleadsError as exc:
+            # Anything else (an answer that is not JSON, an unexpected status) may be gone on the next try.
             return self._failed(row, _reason(exc))
         except EventStoreError as exc:
             # Without the record the at-most-once promise cannot be kept: stop, and let a rerun resume.

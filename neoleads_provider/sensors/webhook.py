@@ -394,8 +394,12 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
         from neoleads_provider.version_compat import AirflowSensorTimeout, AirflowSkipException
         from neoleads_provider.waiting import found_summary, timeout_message
 
-        # A resumed task is a new process: the link is made again for the task runner's finalize.
-        self._link_the_conversation()
+        # A resumed task is a new process: the link is made again for the task runner's finalize. A link is
+        # a convenience: failing to make one must not fail a wait that succeeded.
+        try:
+            self._link_the_conversation()
+        except Exception as exc:
+            self.log.debug("No Neoleads conversation link: %s", exc)
         status = event.get("status") if isinstance(event, Mapping) else None
         if status == "success":
             found = self._matched(event)
@@ -422,6 +426,8 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
             return dict(event["event"])  # a trigger of an earlier release sent the whole event
         if event.get("source") == "api":
             found = look_in_api(self.hook, self.event_filter)
+            if found is not None and found.get("message_id") != event.get("message_id"):
+                found = None  # not the message the trigger matched (it was deleted, or the page moved on)
             if found is None:
                 raise NeoleadsError(
                     f"The message {event.get('message_id')} the trigger found through the API for "

@@ -114,8 +114,11 @@ class BatchRunner(Generic[T, R]):
                 self._thread = None
             thread = self._thread
             if thread is None or not thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                # Posted only once it runs: a start that fails (no memory, no threads left) must leave the
+                # next submit to try again, not to wait for a thread that never ran.
+                thread.start()
+                self._thread = thread
 
     def _run(self) -> None:
         try:

@@ -174,7 +174,8 @@ def serve(
     app = create_server_app(
         engine_factory=lambda: get_engine(db_url),
         # Access lines are INFO: a quieter --log-level leaves them out, as it did uvicorn's.
-        access_log=access_log and logging.getLevelName(log_level.upper()) <= logging.INFO,
+        access_log=access_log
+        and logging.getLevelNamesMapping().get(log_level.upper(), logging.INFO) <= logging.INFO,
         warm_up=(*warm_conn_ids, DEFAULT_CONN_ID) if warm_conn_ids else (DEFAULT_CONN_ID,),
     )
     # Everything loaded so far (Airflow, the app) lives as long as the server: out of the collector's sight,

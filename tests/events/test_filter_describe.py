@@ -26,8 +26,8 @@ from neoleads_provider.events.filter import EventFilter
         ),
         (
             {"events": ["message_created", "message_updated"], "content_pattern": "(?i)yes"},
-            "message_created or message_updated (incoming) with content matching '(?i)yes', on connection "
-            "neoleads_default",
+            "message_created or message_updated (incoming) with content matching content_pattern, on "
+            "connection neoleads_default",
         ),
     ],
 )

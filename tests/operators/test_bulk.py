@@ -453,3 +453,17 @@ def test_the_start_line_states_the_rate_cap_and_progress_counts_rate_and_eta(
     assert " skipped, " in progress[0]
     assert " failed), " in progress[0]
     assert "rows/s" in progress[0]
+
+
+def test_csv_rows_are_numbered_by_their_line_in_the_file_blank_and_multi_line_cells_included(
+    tmp_path,
+) -> None:
+    from neoleads_provider.operators.bulk import read_rows_csv
+
+    path = tmp_path / "people.csv"
+    path.write_text('name,note\nAda,one\n\nGrace,"two\nlines"\nLinus,three\n', encoding="utf-8")
+    lines: list[int] = []
+    rows = read_rows_csv(path, lines)
+    assert [row["name"] for row in rows] == ["Ada", "Grace", "Linus"]
+    # Ada is on line 2; the blank line 3 is skipped; Grace's cell spans lines 4-5; Linus is on line 6.
+    assert lines == [2, 5, 6]

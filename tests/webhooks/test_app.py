@@ -28,7 +28,7 @@ from neoleads_provider.store.repository import get_event
 from neoleads_provider.store.schema import webhook_events
 from neoleads_provider.triggers.webhook import NeoleadsWebhookTrigger
 from neoleads_provider.waiting import look_in_store
-from neoleads_provider.webhooks.access_log import AccessLog
+from neoleads_provider.webhooks.access_log import AccessLog, AccessLogMiddleware
 from neoleads_provider.webhooks.app import MAX_BODY_BYTES, create_app
 from neoleads_provider.webhooks.connections import CONNECTION_CACHE_TTL_SECONDS, default_resolve_connection
 from neoleads_provider.webhooks.server import create_server_app
@@ -976,7 +976,9 @@ def test_no_access_log_writes_no_request_lines_but_still_logs_refusals(
 ) -> None:
     set_connection(monkeypatch, webhook_secrets=[OLD_SECRET])
     caplog.set_level(logging.INFO)
-    with serving(create_server_app(engine_factory=lambda: engine, access_log=False)) as url:
+    app = create_server_app(engine_factory=lambda: engine, access_log=False)
+    assert not isinstance(app, AccessLogMiddleware)
+    with serving(app) as url:
         body = body_of()
         ok = httpx.post(
             f"{url}/neoleads/webhooks/{CONN_ID}", content=body, headers=signed(body, timestamp=time.time())

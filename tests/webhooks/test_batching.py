@@ -433,3 +433,29 @@ def test_sqlite_checkpoints_happen_off_the_writer_thread(engine: Engine) -> None
     assert thread is not None
     assert not thread.is_alive()
     assert row_count(engine) == 3
+
+
+def test_a_thread_that_failed_to_start_is_started_again_by_the_next_submit(monkeypatch) -> None:
+    """Out of threads or memory once: the runner must not keep waiting for a thread that never ran."""
+    import threading as threading_module
+
+    from neoleads_provider.webhooks.batching import BatchRunner
+
+    runner = BatchRunner(lambda items: [item * 2 for item in items], name="test-start-failure")
+    real_start = threading_module.Thread.start
+    failures = iter([RuntimeError("can't start new thread")])
+
+    def start_once_failing(self) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        real_start(self)
+
+    monkeypatch.setattr(threading_module.Thread, "start", start_once_failing)
+
+    async def submit_twice() -> int:
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            await runner.submit(1)
+        return await asyncio.wait_for(runner.submit(2), timeout=5)
+
+    assert asyncio.run(submit_twice()) == 4
