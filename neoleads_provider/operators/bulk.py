@@ -298,7 +298,8 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
 
     # ------------------------------------------------------------------ input
 
-    def _load_rows(self, context: Context) -> list[Mapping[str, Any]]:
+    def _load_rows(self, context: Context) -> tuple[list[Mapping[str, Any]], list[str]]:
+        """The input rows, and where each is in the user's input (``line 702 of contacts.csv``, ``rows[7]``)."""
         rows: Any = self.rows
         if isinstance(rows, str | Path):
             path = Path(str(rows).strip())
@@ -308,9 +309,8 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
                 if fileloc:
                     path = Path(fileloc).parent / path
             lines: list[int] = []
-            rows = read_rows_csv(path, lines)
-            self._where = lambda index: f"line {lines[index]} of {path.name}"
-            return list(rows)
+            csv_rows: list[Mapping[str, Any]] = list(read_rows_csv(path, lines))
+            return csv_rows, [f"line {line} of {path.name}" for line in lines]
         if isinstance(rows, dict) or not hasattr(rows, "__iter__"):
             raise NeoleadsConfigError(
                 f"rows must be a list of dicts or a CSV file path; got {type(rows).__name__}"
@@ -319,14 +319,15 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
         for index, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise NeoleadsConfigError(f"rows[{index}] must be a dict; got {type(row).__name__}")
-        return rows
+        return rows, [f"rows[{index}]" for index in range(len(rows))]
 
-    def _prepare(self, raw_rows: list[Mapping[str, Any]], template: string.Template | None) -> list[_Row]:
+    def _prepare(
+        self, raw_rows: list[Mapping[str, Any]], wheres: list[str], template: string.Template | None
+    ) -> list[_Row]:
         prepared: list[_Row] = []
         first_by_key: dict[str, int] = {}
-        where = getattr(self, "_where", lambda index: f"rows[{index}]")
         for index, raw in enumerate(raw_rows):
-            row = _Row(index=index, where=where(index))
+            row = _Row(index=index, where=wheres[index])
             prepared.append(row)
             try:
                 row.contact = _contact_fields(raw)
@@ -355,7 +356,7 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
             row.content = content
             earlier = first_by_key.setdefault(row.row_key, index)
             if earlier != index:
-                row.duplicate_of = where(earlier)
+                row.duplicate_of = wheres[earlier]
         return prepared
 
     # ------------------------------------------------------------------ run
@@ -377,7 +378,7 @@ class NeoleadsBulkMessageOperator(NeoleadsBaseOperator):
                 raise NeoleadsConfigError(
                     "message_template has an invalid $ placeholder; write $$ for a literal dollar sign"
                 )
-        rows = self._prepare(self._load_rows(context), template)
+        rows = self._prepare(*self._load_rows(context), template)
 
         ti = context["ti"]
         map_index = getattr(ti, "map_index", None)
