@@ -51,35 +51,49 @@ def get_provider_info() -> dict[str, Any]:
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "login", "port", "extra"],
                     "relabeling": {"host": "Base URL", "password": "API access token"},
+                    # Airflow's form applies placeholders to these standard fields only; the extra fields
+                    # carry their examples in their descriptions.
                     "placeholders": {
                         "host": "https://app.neoleads.com",
                         "password": "The access token from your Neoleads profile page",
-                        "account_id": "1",
-                        "webhook_secrets": "secret-1, secret-2",
                     },
                 },
+                # Every field may be null: Airflow's form marks a non-null type as an error ("required")
+                # before anything is typed. The hook refuses a connection without account_id, naming it,
+                # and reads null as "use the default". A "default" is what the Add form saves; "minimum" is
+                # what the form enforces (it ignores exclusiveMinimum, kept for other JSON Schema readers).
                 "conn-fields": {
                     "account_id": {
-                        "label": "Account ID",
-                        "description": "The Neoleads account to act in (required): the number in "
-                        "/app/accounts/<id>/ in the web app.",
-                        "schema": {"type": "integer", "minimum": 1},
+                        "label": "Account ID (required)",
+                        "description": "The Neoleads account to act in: the number in /app/accounts/<id>/ "
+                        "of the web app, e.g. 1.",
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
                     },
                     "timeout": {
                         "label": "Timeout (seconds)",
                         "description": "Per-request timeout. Default 30.",
-                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                        "schema": {
+                            "type": ["number", "null"],
+                            "default": 30,
+                            "minimum": 1,
+                            "exclusiveMinimum": 0,
+                        },
                     },
                     "max_retries": {
                         "label": "Max retries",
                         "description": "Retries for safe-to-replay failures (connection errors, 502/503/504 on "
                         "reads). Default 5.",
-                        "schema": {"type": ["integer", "null"], "minimum": 0},
+                        "schema": {"type": ["integer", "null"], "default": 5, "minimum": 0},
                     },
                     "rate_limit_max_wait": {
                         "label": "Rate-limit wait (seconds)",
                         "description": "How long to keep backing off on 429 before failing. Default 90.",
-                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                        "schema": {
+                            "type": ["number", "null"],
+                            "default": 90,
+                            "minimum": 1,
+                            "exclusiveMinimum": 0,
+                        },
                     },
                     "web_url": {
                         "label": "Web app URL",
@@ -90,23 +104,23 @@ def get_provider_info() -> dict[str, Any]:
                     "webhook_secrets": {
                         "label": "Webhook secrets",
                         "description": "Signing secrets accepted by the webhook receiver, separated by commas "
-                        "(several allow rotation).",
+                        "(several allow rotation), e.g. secret-1, secret-2.",
                         "schema": {"type": ["string", "null"], "format": "password"},
                     },
                     "webhook_header_prefix": {
                         "label": "Webhook header prefix",
                         "description": "Prefix of the signature headers. Default X-Chatwoot-.",
-                        "schema": {"type": ["string", "null"]},
+                        "schema": {"type": ["string", "null"], "default": "X-Chatwoot-"},
                     },
                     "webhook_tolerance_seconds": {
                         "label": "Webhook timestamp tolerance (seconds)",
                         "description": "Deliveries signed further than this from now are refused. Default 300.",
-                        "schema": {"type": ["integer", "null"], "minimum": 1},
+                        "schema": {"type": ["integer", "null"], "default": 300, "minimum": 1},
                     },
                     "webhook_allow_unsigned": {
                         "label": "Allow unsigned webhooks",
                         "description": "For servers older than 4.11.2, which do not sign. Requires the URL token.",
-                        "schema": {"type": ["boolean", "null"]},
+                        "schema": {"type": ["boolean", "null"], "default": False},
                     },
                     "webhook_url_token": {
                         "label": "Webhook URL token",

@@ -10,6 +10,8 @@ this module costs almost nothing and never opens the event store.
   the first delivery is answered as fast as the rest. On a webhook URL it moves the unsigned mode's
   ``?token=`` out of the query string before anything can log it: Airflow 3.1's access log writes query
   strings, wrong guesses included.
+- :class:`~neoleads_provider.connection_test_button.ConnectionTestPortMiddleware` mends the connections list's
+  Test button for Neoleads connections (Airflow 3.3 sends ``"port": 0`` for a connection without a port).
 
 Airflow does not authenticate plugin apps; the receiver authenticates every delivery itself.
 """
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+from neoleads_provider.connection_test_button import ConnectionTestPortMiddleware
 from neoleads_provider.webhooks import URL_PREFIX, URL_TOKEN_SCOPE_KEY
 
 if TYPE_CHECKING:
@@ -126,10 +129,20 @@ class ReceiverRootMiddleware:
 
 
 class NeoleadsPlugin(AirflowPlugin):
-    """Mounts the Neoleads webhook receiver at ``/neoleads`` (``POST /neoleads/webhooks/{conn_id}``)."""
+    """Mounts the Neoleads webhook receiver at ``/neoleads`` (``POST /neoleads/webhooks/{conn_id}``).
+
+    Its middlewares warm the receiver up, keep URL tokens out of logs, and mend the connections list's Test
+    button for Neoleads connections (:mod:`neoleads_provider.connection_test_button`).
+    """
 
     name = "neoleads"
     fastapi_apps = [{"app": receiver_app, "url_prefix": URL_PREFIX, "name": "Neoleads webhooks"}]
     fastapi_root_middlewares = [
-        {"middleware": ReceiverRootMiddleware, "args": [], "kwargs": {}, "name": "Neoleads webhook receiver"}
+        {"middleware": ReceiverRootMiddleware, "args": [], "kwargs": {}, "name": "Neoleads webhook receiver"},
+        {
+            "middleware": ConnectionTestPortMiddleware,
+            "args": [],
+            "kwargs": {},
+            "name": "Neoleads connection Test button",
+        },
     ]

@@ -332,6 +332,12 @@ class Deployment:
                 "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
                 # And see a new DAG file within 10 s, not the default 5 minutes.
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+                # The API server reads a running or deferred task's log from the scheduler's and the
+                # triggerer's log servers ("Could not read served logs" without them). They listen on every
+                # interface, so on free ports rather than 8793/8794; each request needs a token signed with
+                # this deployment's [api] secret_key.
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             }
         )
         self.env = env
@@ -371,10 +377,6 @@ class Deployment:
         command = [sys.executable, "-m", "airflow", service]
         if service == "api-server":
             command += ["--host", "127.0.0.1", "--port", str(self.api_port), "--workers", "1"]
-        elif service in ("scheduler", "triggerer"):
-            # Their log servers would listen on every interface, on fixed ports; the API server reads the
-            # task and trigger logs from the shared AIRFLOW_HOME instead.
-            command.append("--skip-serve-logs")
         out = self.log_path(service).open("ab")
         try:
             # Its own session, so stop_service() can signal the service and its children as one group.

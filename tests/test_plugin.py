@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from fastapi import FastAPI
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+AIRFLOW_VERSION = tuple(
+    int(part) for part in importlib.metadata.version("apache-airflow-core").split(".")[:3]
+)
 URL_TOKEN = "plugin-url-token-3c9e1b7d5a"
 SECRET = "plugin-secret-6d2f8a"
 BODY = json.dumps({"event": "message_created", "id": 11, "conversation": {"id": 3}}).encode()
@@ -156,15 +161,39 @@ with create_session() as session:
             {"account_id": 1, "webhook_allow_unsigned": True, "webhook_url_token": URL_TOKEN}
         ),
     ))
+    for conn_id, token in (("nl_button_right", SANDBOX_TOKEN), ("nl_button_wrong", "not-the-token")):
+        session.add(Connection(
+            conn_id=conn_id,
+            conn_type="neoleads",
+            host=SANDBOX_URL,
+            password=token,
+            extra=json.dumps({"account_id": SANDBOX_ACCOUNT, "webhook_secrets": "s-1"}),
+        ))
+    session.add(Connection(conn_id="an_http_one", conn_type="http", host="http://127.0.0.1:1", password="pw"))
 """.replace("SECRET", repr(SECRET)).replace("URL_TOKEN", repr(URL_TOKEN))
 
 
 @pytest.fixture(scope="module")
-def api_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+def api_server(tmp_path_factory, neoleads_sandbox_server: Any) -> Iterator[tuple[str, Path]]:
     home = tmp_path_factory.mktemp("api-server-home")
-    env = child_env(home)
+    setup_script = (
+        _SETUP_METADATA_DB.replace("SANDBOX_URL", repr(neoleads_sandbox_server.url))
+        .replace("SANDBOX_TOKEN", repr(neoleads_sandbox_server.token))
+        .replace("SANDBOX_ACCOUNT", repr(neoleads_sandbox_server.account_id))
+    )
+    env = child_env(
+        home,
+        # The connection Test button's route, and a token for the REST API without a login.
+        AIRFLOW__CORE__TEST_CONNECTION="Enabled",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
+        # Airflow 3.1.0 signs its tokens with issuer None, which today's PyJWT refuses.
+        AIRFLOW__API_AUTH__JWT_ISSUER="neoleads-tests",
+        # And sets an attribute on cryptography's MultiFernet, which cryptography 51 no longer allows: store
+        # these test connections unencrypted.
+        AIRFLOW__CORE__FERNET_KEY="",
+    )
     setup = subprocess.run(
-        [sys.executable, "-c", _SETUP_METADATA_DB], env=env, capture_output=True, text=True, timeout=240
+        [sys.executable, "-c", setup_script], env=env, capture_output=True, text=True, timeout=240
     )
     assert setup.returncode == 0, setup.stderr[-3000:]
     port = free_port()
@@ -248,3 +277,78 @@ def test_standalone_receiver_reads_the_metadata_database_too(api_server: tuple[s
         headers = signed_now(SECRET, BODY, "standalone-1")
         status, answer = post_webhook(f"http://127.0.0.1:{port}/neoleads/webhooks/nl_metadata", BODY, headers)
         assert (status, answer["status"]) == (200, "stored")
+
+
+def _rest(base: str, method: str, path: str, body: Any = None) -> Any:
+    """Call the API server's REST API as an admin (the fixture's auth manager lets anyone be one)."""
+    with urllib.request.urlopen(f"{base}/auth/token", timeout=30) as response:
+        token = json.loads(response.read())["access_token"]
+    request = urllib.request.Request(
+        f"{base}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method=method,
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read() or b"null")
+
+
+def _as_the_list_page_tests_it(stored: dict[str, Any]) -> dict[str, Any]:
+    """The body the connections list's Test button posts for ``stored`` (Airflow 3.3.2's UI code)."""
+    row = {
+        "conn_type": stored["conn_type"],
+        "connection_id": stored["connection_id"],
+        "description": stored.get("description") or "",
+        "extra": stored.get("extra") or "{}",
+        "host": stored.get("host") or "",
+        "login": stored.get("login") or "",
+        "password": stored.get("password") or "",
+        # Number(null) is 0 in JavaScript: the port the form hides comes back as 0.
+        "port": int(stored.get("port") or 0),
+        "schema": stored.get("schema") or "",
+    }
+    # The UI leaves out what is empty.
+    return {key: value for key, value in row.items() if value not in ("", "{}")}
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        (None, (True, "Connected as")),
+        ("not-the-token", (False, "The API access token was refused: Invalid Access Token")),
+    ],
+    ids=["right-token", "wrong-token"],
+)
+def test_the_connections_list_test_button_tests_the_stored_connection(
+    api_server: tuple[str, Path], neoleads_sandbox: Any, token: str | None, expected: tuple[bool, str]
+) -> None:
+    base, _ = api_server
+    # Stored by the fixture (Airflow 3.1.0's POST /connections fails with today's cryptography).
+    conn_id = f"nl_button_{'right' if token is None else 'wrong'}"
+    stored = _rest(base, "GET", f"/api/v2/connections/{conn_id}")
+    assert stored["password"] == "***"  # what the list page has to send back
+    row = _as_the_list_page_tests_it(stored)
+    assert row["port"] == 0
+
+    answer = _rest(base, "POST", "/api/v2/connections/test", row)
+    if AIRFLOW_VERSION < (3, 1, 7):
+        # These releases test only what the UI sent: the masked token. The provider says so.
+        assert answer["status"] is False
+        assert "Airflow passed the masked token '***', not the stored one" in answer["message"]
+    else:
+        assert (answer["status"], answer["message"][: len(expected[1])]) == expected, answer
+
+
+def test_the_test_button_fix_is_for_neoleads_connections_only(api_server: tuple[str, Path]) -> None:
+    base, _ = api_server
+    row = _as_the_list_page_tests_it(_rest(base, "GET", "/api/v2/connections/an_http_one"))
+    if AIRFLOW_VERSION >= (3, 3, 2):
+        # Airflow's own refusal, untouched.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _rest(base, "POST", "/api/v2/connections/test", row)
+        assert refused.value.code == 400
+        assert "differs from the stored connection" in refused.value.read().decode()
+    else:
+        # Older releases test what was sent, port 0 included; either way not through the Neoleads hook.
+        answer = _rest(base, "POST", "/api/v2/connections/test", row)
+        assert "Neoleads" not in answer["message"]

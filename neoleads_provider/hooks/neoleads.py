@@ -45,6 +45,8 @@ CONVERSATION_STATUSES = ("open", "resolved", "pending", "snoozed")
 MAX_ATTACHMENTS = 15
 # The profile response echoes the caller's token; it must never travel further than the hook.
 PROFILE_SECRET_FIELDS = ("access_token", "pubsub_token")
+#: What Airflow's API shows, and some UI forms send back, in place of a stored password.
+MASKED_TOKEN = "***"
 # Where each id a call names is looked up, to say which one a 404 was about.
 _LOOKUP_PATHS = {
     "inbox_id": "inboxes/{}",
@@ -261,6 +263,13 @@ class NeoleadsHook(BaseHook):
     def test_connection(self) -> tuple[bool, str]:
         """Check the token and the account; report the user's role. Never raises."""
         try:
+            if self.settings.api_token == MASKED_TOKEN:
+                # Airflow 3.1.0-3.1.6 test the values the UI sent, and the list page sends the masked token.
+                return False, (
+                    f"Airflow passed the masked token {MASKED_TOKEN!r}, not the stored one: this Airflow "
+                    "tests only what the form sends. Open the connection's Edit dialog, type the API access "
+                    "token and press Test there (Airflow 3.1.7 and later test the stored token)."
+                )
             profile = self.get_profile()
             accounts = {account.get("id"): account for account in profile.get("accounts") or []}
             account = accounts.get(self.account_id)
@@ -278,6 +287,11 @@ class NeoleadsHook(BaseHook):
             )
         except NeoleadsAuthError as exc:
             return False, f"The API access token was refused: {exc.server_message}"
+        except NeoleadsConfigError as exc:
+            # The UI's Test buttons run this under a random connection id: name the field, not that id.
+            message = str(exc).replace(f"Connection {self.neoleads_conn_id!r}: ", "", 1)
+            message = message.replace(f"Connection {self.neoleads_conn_id!r}", "The connection", 1)
+            return False, message[:1].upper() + message[1:]
         except NeoleadsError as exc:
             return False, str(exc)
 

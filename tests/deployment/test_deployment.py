@@ -14,6 +14,7 @@ Run it with ``pytest -m deployment tests/deployment`` (``.ci/run`` does); it nee
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -66,6 +67,30 @@ def field(scope: Any, label: str) -> Any:
     field or a DAG param points at another id than its input.
     """
     return scope.get_by_role("group").filter(has_text=label).locator("input")
+
+
+def playwright_api() -> Any:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+    assert Path(CHROMIUM).exists(), "apt-get install -y chromium (Debian's package; no browser is downloaded)"
+    return sync_api
+
+
+@contextlib.contextmanager
+def logged_in_page(deployment: Any, *, height: int = 1000) -> Iterator[Any]:
+    """A headless Chromium page, logged in through the simple auth manager's form as the admin."""
+    with playwright_api().sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            page.set_default_timeout(30_000)
+            page.goto(f"{deployment.base_url}/")
+            page.get_by_label("Username").fill(deployment.admin_user)
+            page.get_by_label("Password").fill(deployment.admin_password)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(lambda url: "/auth/" not in url)
+            yield page
+        finally:
+            browser.close()
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
@@ -252,6 +277,10 @@ def reply_run(deployment: Any, shared: dict[str, Any]) -> dict[str, Any]:
         "GET", f"/api/v2/dags/neoleads_wait_for_reply/dagRuns/{quoted(run_id)}/taskInstances?state=running"
     )
     assert running["total_entries"] == 0
+    # The log of the deferred task, as the UI shows it while the task waits: read from the triggerer's and
+    # the scheduler's log servers as well as the files.
+    ti_path = f"/api/v2/dags/neoleads_wait_for_reply/dagRuns/{quoted(run_id)}/taskInstances/wait_for_reply"
+    deferred_log = json.dumps(deployment.api("GET", f"{ti_path}/logs/1"))
 
     conversation_id = xcom(
         deployment, "neoleads_wait_for_reply", run_id, "create_conversation", "conversation_id"
@@ -266,6 +295,7 @@ def reply_run(deployment: Any, shared: dict[str, Any]) -> dict[str, Any]:
         "question_id": question_id,
         "reply": reply,
         "states_seen": seen,
+        "deferred_log": deferred_log,
     }
 
 
@@ -275,6 +305,8 @@ def test_wait_for_reply_defers_and_completes_on_the_webhook(
     sandbox = deployment.sandbox
     run_id, conversation_id = reply_run["run_id"], reply_run["conversation_id"]
     assert "deferred" in reply_run["states_seen"]
+    assert "Could not read served logs" not in reply_run["deferred_log"]
+    assert "Waiting up to" in reply_run["deferred_log"]
 
     # The params reached the sandbox: the contact and the question.
     with sandbox.state.lock:
@@ -336,74 +368,58 @@ def test_wait_for_reply_defers_and_completes_on_the_webhook(
 def test_the_ui_shows_the_connection_form_the_params_form_and_the_extra_link(
     deployment: Any, reply_run: dict[str, Any], shared: dict[str, Any]
 ) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
-    expect = sync_api.expect
-    assert Path(CHROMIUM).exists(), "apt-get install -y chromium (Debian's package; no browser is downloaded)"
+    expect = playwright_api().expect
     base = deployment.base_url
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1900})
-            page.set_default_timeout(30_000)
+    with logged_in_page(deployment, height=1900) as page:
+        # The connection form for type neoleads: relabelled standard fields and the provider's own fields.
+        page.goto(f"{base}/connections")
+        page.get_by_role("button", name="Add Connection").click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_role("combobox").fill("Neoleads")
+        dialog.get_by_role("option", name="Neoleads", exact=True).click()
+        dialog.get_by_label("Connection ID").fill(FORM_CONN_ID)
+        dialog.get_by_label("Base URL").fill(deployment.sandbox.url)
+        field(dialog, "API access token").fill(deployment.sandbox.token)
+        expect(dialog.locator("label").filter(has_text="Base URL").first).to_be_visible()
+        dialog.screenshot(path=ARTIFACTS / "connection-form-neoleads-standard-fields.png")
+        dialog.get_by_role("button", name="Extra Fields", exact=True).click()
+        field(dialog, "Account ID").fill(str(deployment.sandbox.account_id))
+        field(dialog, "Webhook secrets").fill(f"{FORM_SECRETS[0]}, {FORM_SECRETS[1]}")
+        for label in (
+            "Account ID",
+            "Timeout (seconds)",
+            "Web app URL",
+            "Webhook secrets",
+            "Allow unsigned webhooks",
+        ):
+            expect(dialog.locator("label").filter(has_text=label).first).to_be_visible()
+        dialog.screenshot(path=ARTIFACTS / "connection-form-neoleads-extra-fields.png")
+        dialog.get_by_role("button", name="Save").click()
+        dialog.wait_for(state="hidden")
 
-            # Log in through the simple auth manager's form.
-            page.goto(f"{base}/")
-            page.get_by_label("Username").fill(deployment.admin_user)
-            page.get_by_label("Password").fill(deployment.admin_password)
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url(lambda url: "/auth/" not in url)
+        # The trigger form of neoleads_send_message shows its params; trigger it from there.
+        page.goto(f"{base}/dags/neoleads_send_message")
+        page.get_by_role("button", name="Trigger").first.click()
+        dialog = page.get_by_role("dialog")
+        for title in ("Contact name", "Contact email", "API inbox id", "Message"):
+            expect(dialog.locator("label").filter(has_text=title).first).to_be_visible()
+        expect(field(dialog, "Contact name")).to_have_value("Ada Lovelace")
+        field(dialog, "Contact name").fill("Mary Jackson")
+        field(dialog, "Contact email").fill("mary@example.com")
+        dialog.screenshot(path=ARTIFACTS / "trigger-form-neoleads_send_message.png")
+        dialog.get_by_role("button", name="Trigger").click()
+        dialog.wait_for(state="hidden")
 
-            # The connection form for type neoleads: relabelled standard fields and the provider's own fields.
-            page.goto(f"{base}/connections")
-            page.get_by_role("button", name="Add Connection").click()
-            dialog = page.get_by_role("dialog")
-            dialog.get_by_role("combobox").fill("Neoleads")
-            dialog.get_by_role("option", name="Neoleads", exact=True).click()
-            dialog.get_by_label("Connection ID").fill(FORM_CONN_ID)
-            dialog.get_by_label("Base URL").fill(deployment.sandbox.url)
-            field(dialog, "API access token").fill(deployment.sandbox.token)
-            expect(dialog.locator("label").filter(has_text="Base URL").first).to_be_visible()
-            dialog.screenshot(path=ARTIFACTS / "connection-form-neoleads-standard-fields.png")
-            dialog.get_by_role("button", name="Extra Fields", exact=True).click()
-            field(dialog, "Account ID").fill(str(deployment.sandbox.account_id))
-            field(dialog, "Webhook secrets").fill(f"{FORM_SECRETS[0]}, {FORM_SECRETS[1]}")
-            for label in (
-                "Account ID",
-                "Timeout (seconds)",
-                "Web app URL",
-                "Webhook secrets",
-                "Allow unsigned webhooks",
-            ):
-                expect(dialog.locator("label").filter(has_text=label).first).to_be_visible()
-            dialog.screenshot(path=ARTIFACTS / "connection-form-neoleads-extra-fields.png")
-            dialog.get_by_role("button", name="Save").click()
-            dialog.wait_for(state="hidden")
-
-            # The trigger form of neoleads_send_message shows its params; trigger it from there.
-            page.goto(f"{base}/dags/neoleads_send_message")
-            page.get_by_role("button", name="Trigger").first.click()
-            dialog = page.get_by_role("dialog")
-            for title in ("Contact name", "Contact email", "API inbox id", "Message"):
-                expect(dialog.locator("label").filter(has_text=title).first).to_be_visible()
-            expect(field(dialog, "Contact name")).to_have_value("Ada Lovelace")
-            field(dialog, "Contact name").fill("Mary Jackson")
-            field(dialog, "Contact email").fill("mary@example.com")
-            dialog.screenshot(path=ARTIFACTS / "trigger-form-neoleads_send_message.png")
-            dialog.get_by_role("button", name="Trigger").click()
-            dialog.wait_for(state="hidden")
-
-            # The run's extra link to the conversation, on the task instance's details.
-            run_id = reply_run["run_id"]
-            page.goto(
-                f"{base}/dags/neoleads_wait_for_reply/runs/{quoted(run_id)}/tasks/create_conversation/details"
-            )
-            page.set_viewport_size({"width": 1400, "height": 1000})
-            link = page.get_by_role("link", name="Neoleads conversation")
-            link.wait_for()
-            href = link.get_attribute("href")
-            page.screenshot(path=ARTIFACTS / "extra-link-neoleads-conversation.png")
-        finally:
-            browser.close()
+        # The run's extra link to the conversation, on the task instance's details.
+        run_id = reply_run["run_id"]
+        page.goto(
+            f"{base}/dags/neoleads_wait_for_reply/runs/{quoted(run_id)}/tasks/create_conversation/details"
+        )
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        link = page.get_by_role("link", name="Neoleads conversation")
+        link.wait_for()
+        href = link.get_attribute("href")
+        page.screenshot(path=ARTIFACTS / "extra-link-neoleads-conversation.png")
 
     sandbox = deployment.sandbox
     assert (
@@ -414,7 +430,10 @@ def test_the_ui_shows_the_connection_form_the_params_form_and_the_extra_link(
     # What the form saved works: the receiver on the API server takes deliveries signed with either secret.
     saved = deployment.api("GET", f"/api/v2/connections/{FORM_CONN_ID}")
     assert (saved["conn_type"], saved["host"]) == ("neoleads", sandbox.url)
-    assert json.loads(saved["extra"])["account_id"] == sandbox.account_id
+    saved_extra = json.loads(saved["extra"])
+    assert saved_extra["account_id"] == sandbox.account_id
+    # The Add form saved the fields left alone with their defaults (null where there is none).
+    assert (saved_extra["timeout"], saved_extra["max_retries"], saved_extra["inbox_id"]) == (30, 5, None)
     body = json.dumps({"event": "contact_updated", "id": 301, "account": {"id": sandbox.account_id}}).encode()
     url = f"{deployment.base_url}/neoleads/webhooks/{FORM_CONN_ID}"
     for number, secret in enumerate((*FORM_SECRETS, "not-a-secret-of-it")):
@@ -428,6 +447,61 @@ def test_the_ui_shows_the_connection_form_the_params_form_and_the_extra_link(
     assert len(runs) == 1
     assert runs[0]["conf"]["name"] == "Mary Jackson"
     shared["send_run_id"] = runs[0]["dag_run_id"]
+
+
+@pytest.mark.parametrize(
+    ("conn_id", "change", "title", "message"),
+    [
+        ("neoleads_default", None, "Test Connection Successful", "Connected as 'Sandbox Admin' to account 1"),
+        (FORM_CONN_ID, None, "Test Connection Successful", "Connected as 'Sandbox Admin' to account 1"),
+        (
+            "neoleads_wrong_token",
+            {"password": "not-the-token"},
+            "Test Connection Failed",
+            "The API access token was refused: Invalid Access Token",
+        ),
+        (
+            "neoleads_wrong_account",
+            {"extra": {"account_id": 999}},
+            "Test Connection Failed",
+            "The token works, but account 999 is not one of its accounts (it has: 1).",
+        ),
+        (
+            "neoleads_no_account",
+            {"extra": {}},
+            "Test Connection Failed",
+            "Field 'account_id' is required (an integer)",
+        ),
+    ],
+)
+def test_the_connections_list_test_button_shows_the_provider_s_answer(
+    deployment: Any, conn_id: str, change: dict[str, Any] | None, title: str, message: str
+) -> None:
+    # The list page posts the stored connection back with "port": 0 and the masked token; Airflow 3.3.2
+    # refused that with a bare "Bad Request" until the provider's plugin mended it.
+    expect = playwright_api().expect
+    sandbox = deployment.sandbox
+    if change is not None:
+        body = {
+            "connection_id": conn_id,
+            "conn_type": "neoleads",
+            "host": sandbox.url,
+            "password": sandbox.token,
+            "extra": {"account_id": sandbox.account_id},
+            **change,
+        }
+        body["extra"] = json.dumps(body["extra"])
+        deployment.api("POST", "/api/v2/connections", body)
+    assert deployment.api("GET", f"/api/v2/connections/{conn_id}")["port"] is None
+    with logged_in_page(deployment) as page:
+        page.goto(f"{deployment.base_url}/connections")
+        row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=conn_id, exact=True))
+        row.get_by_role("button", name="Test Connection").click()
+        toast = page.get_by_role("status").filter(has_text=title)
+        expect(toast).to_be_visible()
+        expect(toast).to_contain_text(message)
+        page.wait_for_timeout(600)  # the toast slides in
+        page.screenshot(path=ARTIFACTS / f"connection-test-button-{conn_id}.png")
 
 
 # -- 3. event-driven: one incoming message, one auto-reply run, across a triggerer restart ----------------------

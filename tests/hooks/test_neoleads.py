@@ -81,6 +81,38 @@ def test_connection_test_reports_a_bad_token_without_leaking_it(monkeypatch, neo
     assert "definitely-wrong-token-123" not in repr(hook)
 
 
+def test_connection_test_explains_the_masked_token_without_asking_the_server(monkeypatch, neoleads_sandbox):
+    # What Airflow 3.1.0-3.1.6 pass on when the connections list's Test button sends the masked token.
+    env = json.loads(neoleads_sandbox.connection_env("neoleads_masked")["AIRFLOW_CONN_NEOLEADS_MASKED"])
+    env["password"] = "***"
+    monkeypatch.setenv("AIRFLOW_CONN_NEOLEADS_MASKED", json.dumps(env))
+    before = len(neoleads_sandbox.requests)
+    ok, message = NeoleadsHook("neoleads_masked").test_connection()
+    assert not ok
+    assert message.startswith("Airflow passed the masked token '***', not the stored one")
+    assert "Edit dialog" in message
+    assert len(neoleads_sandbox.requests) == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, "Field 'account_id' is required (an integer)"),
+        ({"account_id": 1, "timeout": "soon"}, "Field 'timeout' must be a number"),
+    ],
+)
+def test_connection_test_names_the_field_not_the_connection_id(monkeypatch, extra, expected):
+    # The UI tests a copy of the connection under a random id, which would mean nothing to the user.
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_XQZRANDOM",
+        json.dumps({"conn_type": "neoleads", "host": "http://127.0.0.1:1", "password": "t", "extra": extra}),
+    )
+    ok, message = NeoleadsHook("xqzrandom").test_connection()
+    assert not ok
+    assert message.startswith(expected), message
+    assert "xqzrandom" not in message
+
+
 def test_agent_token_cannot_manage_webhooks(monkeypatch, neoleads_sandbox):
     env = json.loads(neoleads_sandbox.connection_env("neoleads_agent")["AIRFLOW_CONN_NEOLEADS_AGENT"])
     env["password"] = "sandbox-agent-token"
