@@ -2,13 +2,13 @@
 
 Airflow 3.3's list page tests a stored connection by posting it back to ``POST /api/v2/connections/test``
 with ``"port": Number(connection.port)``: a connection with no port (the Neoleads form hides the field)
-arrives with port ``0``. From 3.3.1 on the API server compares that port with the stored one (``null``),
-finds they differ and refuses: "The host or port to test differs from the stored connection" (400), on
-3.3.1 by testing the masked token ``***`` instead. The Edit dialog's Test button sends no port and works.
+arrives with port ``0``. From 3.3.1 on the API server compares that port with the stored one (``null``)
+and, finding they differ, will not restore the stored secrets: 3.3.2 answers 400 "The host or port to test
+differs from the stored connection", 3.3.1 tests the masked token ``***``.
 
 :class:`ConnectionTestPortMiddleware` (one of the plugin's ``fastapi_root_middlewares``) removes that ``0``
 from a test request for a ``neoleads`` connection, so Airflow compares nothing about the port and tests the
-stored connection as the Edit dialog would. The hook never uses the port, and port 0 is no destination, so
+stored connection, its secrets restored. The hook never uses the port, and port 0 is no destination, so
 nothing else changes: the host is still compared, and Airflow still decides who may test what.
 Every other request passes untouched; the check costs a string comparison.
 """

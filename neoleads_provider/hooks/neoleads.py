@@ -267,8 +267,9 @@ class NeoleadsHook(BaseHook):
                 # Airflow 3.1.0-3.1.6 test the values the UI sent, and the list page sends the masked token.
                 return False, (
                     f"Airflow passed the masked token {MASKED_TOKEN!r}, not the stored one: this Airflow "
-                    "tests only what the form sends. Open the connection's Edit dialog, type the API access "
-                    "token and press Test there (Airflow 3.1.7 and later test the stored token)."
+                    "release tests only what the connections list sends. Check the stored connection with "
+                    "`neoleads doctor --conn-id <connection id>` instead; Airflow 3.1.7 and later test the "
+                    "stored token."
                 )
             profile = self.get_profile()
             accounts = {account.get("id"): account for account in profile.get("accounts") or []}

@@ -90,7 +90,7 @@ def test_connection_test_explains_the_masked_token_without_asking_the_server(mon
     ok, message = NeoleadsHook("neoleads_masked").test_connection()
     assert not ok
     assert message.startswith("Airflow passed the masked token '***', not the stored one")
-    assert "Edit dialog" in message
+    assert "neoleads doctor --conn-id" in message
     assert len(neoleads_sandbox.requests) == before
 
 
