@@ -154,6 +154,15 @@ def get_provider_info() -> dict[str, Any]:
                         "default": "",
                         "sensitive": True,
                     },
+                    "webhook_max_body_bytes": {
+                        "description": "The largest webhook body the receiver accepts (413 beyond it), on the "
+                        "API server and in `neoleads webhooks serve`. Email inboxes' message_created carry the "
+                        "mail's HTML: raise it if the log shows 413s for them.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "16777216",
+                        "default": "4194304",
+                    },
                 },
             }
         },

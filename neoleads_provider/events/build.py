@@ -26,6 +26,7 @@ __all__ = [
     "contact_webhook_data",
     "conversation_meta",
     "conversation_webhook_data",
+    "inbox_event_data",
     "iso8601",
     "message_event_from_api",
     "message_webhook_data",
@@ -241,6 +242,34 @@ def message_webhook_data(
     return data
 
 
+def inbox_event_data(
+    *,
+    id: int,
+    account_id: int,
+    name: str,
+    channel_type: str,
+    channel: Mapping[str, Any],
+    created_at: float,
+    updated_at: float,
+    greeting_enabled: bool = False,
+) -> dict[str, Any]:
+    """``Inbox::EventDataPresenter#push_data``: the inbox, and its channel record as the database has it.
+
+    The channel record carries the channel's credentials (an API inbox's ``hmac_token`` and ``secret``) in
+    clear, as the server sends them; the receiver redacts them before storing (``events.redact``).
+    """
+    return {
+        "id": id,
+        "name": name,
+        "account_id": account_id,
+        "channel_type": channel_type,
+        "greeting_enabled": greeting_enabled,
+        "created_at": iso8601(created_at),
+        "updated_at": iso8601(updated_at),
+        "channel": dict(channel),
+    }
+
+
 def message_event_from_api(
     message: Mapping[str, Any], *, account_id: int, event: str = "message_created"
 ) -> dict[str, Any]:
@@ -382,16 +411,21 @@ def sample_event(
             "event_info": {"initiated_at": {"timestamp": iso8601(now)}, "referer": "https://example.com/"},
         }
     else:
-        # inbox_created / inbox_updated: the inbox's data.
-        payload = {
-            "id": inbox_id,
-            "name": inbox["name"],
-            "account_id": account_id,
-            "channel_type": "Channel::Api",
-            "greeting_enabled": False,
-            "created_at": iso8601(now),
-            "updated_at": iso8601(now),
-            "channel": {"id": inbox_id, "account_id": account_id, "webhook_url": ""},
-        }
+        # inbox_created / inbox_updated: the inbox's data, with the channel's credentials as the server sends them.
+        payload = inbox_event_data(
+            id=inbox_id,
+            account_id=account_id,
+            name=str(inbox["name"]),
+            channel_type="Channel::Api",
+            channel={
+                "id": inbox_id,
+                "account_id": account_id,
+                "webhook_url": "",
+                "hmac_token": "sample-hmac-token",
+                "secret": "sample-inbox-secret",
+            },
+            created_at=now,
+            updated_at=now,
+        )
     payload["event"] = event
     return payload

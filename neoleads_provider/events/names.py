@@ -35,6 +35,8 @@ WEBHOOK_EVENTS: tuple[str, ...] = (
 )
 KNOWN_EVENTS = frozenset(WEBHOOK_EVENTS)
 MESSAGE_EVENTS = frozenset({"message_created", "message_updated"})
+#: Events whose payload is an inbox with its channel record (credentials included, see events.redact).
+INBOX_EVENTS = frozenset({"inbox_created", "inbox_updated"})
 
 # What an API inbox's own webhook_url receives: every inbox-scoped event, with no subscription filter
 # (account webhooks alone get contact_* and inbox_*).

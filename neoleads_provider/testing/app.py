@@ -229,7 +229,7 @@ async def _drop_connection(receive: Receive) -> bool:
     """
     cycle = getattr(receive, "__self__", None)
     transport = getattr(cycle, "transport", None)
-    if transport is None or not hasattr(cycle, "disconnected"):
+    if cycle is None or transport is None or not hasattr(cycle, "disconnected"):
         return False
     transport.close()
     # connection_lost runs on a later loop iteration; returning earlier would make uvicorn send a 500.

@@ -168,11 +168,9 @@ class WebhookDispatcher:
                 delivery_id=delivery_id,
                 prefix=self.header_prefix,
             )
-        return {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            f"{self.header_prefix}Delivery": delivery_id,
-        }
+        # Servers before v4.11.2 send neither a signature nor a delivery id: the receiver then tells
+        # duplicates apart by the body alone.
+        return {"Content-Type": "application/json", "Accept": "application/json"}
 
     def _run(self) -> None:
         import requests

@@ -51,8 +51,8 @@ class NeoleadsSandbox:
     :param account_id: the account id the tokens belong to.
     :param auto_reply: when set, the contact answers each outgoing, non-private API message with this text.
     :param auto_reply_delay: seconds before that answer.
-    :param sign_webhooks: sign deliveries (``False`` acts like a server older than 4.11.2: no timestamp or
-        signature headers).
+    :param sign_webhooks: sign deliveries (``False`` acts like a server older than 4.11.2: no timestamp,
+        signature or delivery-id headers).
     :param header_prefix: the webhook header prefix (white-labelled servers rename ``X-Chatwoot-``).
     :param agent_token: the token of a non-administrator user, for role checks.
     :param webhook_timeout: seconds before a delivery gives up (the real default is 5).

@@ -31,6 +31,7 @@ from neoleads_provider.events.build import (
     contact_webhook_data,
     conversation_meta,
     conversation_webhook_data,
+    inbox_event_data,
     iso8601,
     message_webhook_data,
     user_webhook_data,
@@ -40,6 +41,19 @@ from neoleads_provider.events.names import MESSAGE_TYPES as MESSAGE_TYPE_NAMES
 
 # The real server's name for the list (Chatwoot's Webhook::ALLOWED_WEBHOOK_EVENTS).
 from neoleads_provider.events.names import WEBHOOK_EVENTS as ALLOWED_WEBHOOK_EVENTS
+
+# The default of Chatwoot's webhooks.subscriptions column (db/schema.rb): what a webhook created without
+# subscriptions listens to.
+DEFAULT_WEBHOOK_SUBSCRIPTIONS = (
+    "conversation_status_changed",
+    "conversation_updated",
+    "conversation_created",
+    "contact_created",
+    "contact_updated",
+    "message_created",
+    "message_updated",
+    "webwidget_triggered",
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -733,7 +747,12 @@ class SandboxState:
         }
 
     def render_inbox(self, inbox: Inbox, *, admin: bool) -> dict[str, Any]:
-        """Render the inbox partial; the API inbox's ``secret`` and ``hmac_token`` only for administrators."""
+        """Render ``_inbox.json.jbuilder``: its keys in its order, null where the channel lacks them.
+
+        The view emits the website-widget and Twilio keys for every inbox (``channel.try(...)``: null for an
+        API inbox); the API inbox's ``secret`` and ``hmac_token`` only for administrators.
+        """
+        web = inbox.channel_type == WEB_CHANNEL
         data: dict[str, Any] = {
             "id": inbox.id,
             "avatar_url": "",
@@ -756,29 +775,34 @@ class SandboxState:
             "lock_to_single_conversation": inbox.lock_to_single_conversation,
             "sender_name_type": "friendly",
             "business_name": None,
-            "provider": None,
+            # The website widget's attributes, rendered for every inbox.
+            "widget_color": "#1f93ff" if web else None,
+            "website_url": inbox.website_url if web else None,
+            "hmac_mandatory": inbox.hmac_mandatory,
+            "welcome_title": "" if web else None,
+            "welcome_tagline": "" if web else None,
+            "web_widget_script": _web_widget_script(inbox.website_token) if web else None,
+            "website_token": inbox.website_token if web else None,
+            "selected_feature_flags": ["attachments", "emoji_picker", "end_conversation"] if web else None,
+            "reply_time": "in_a_few_minutes" if web else None,
         }
+        if web:
+            if admin:
+                data["hmac_token"] = inbox.hmac_token
+            data["pre_chat_form_enabled"] = False
+            data["pre_chat_form_options"] = {}
+            data["continuity_via_email"] = True
+        # Twilio's attributes, rendered for every inbox too.
+        data["messaging_service_sid"] = None
+        data["phone_number"] = None
         if inbox.channel_type == API_CHANNEL:
-            data["webhook_url"] = inbox.webhook_url
-            data["inbox_identifier"] = inbox.inbox_identifier
-            data["additional_attributes"] = _copy_json(inbox.additional_attributes)
-            data["hmac_mandatory"] = inbox.hmac_mandatory
             if admin:
                 data["hmac_token"] = inbox.hmac_token
                 data["secret"] = inbox.secret
-        elif inbox.channel_type == WEB_CHANNEL:
-            data["widget_color"] = "#1f93ff"
-            data["website_url"] = inbox.website_url
-            data["hmac_mandatory"] = inbox.hmac_mandatory
-            data["welcome_title"] = ""
-            data["welcome_tagline"] = ""
-            data["website_token"] = inbox.website_token
-            data["selected_feature_flags"] = ["attachments", "emoji_picker", "end_conversation"]
-            data["reply_time"] = "in_a_few_minutes"
-            data["pre_chat_form_enabled"] = False
-            data["continuity_via_email"] = True
-            if admin:
-                data["hmac_token"] = inbox.hmac_token
+            data["webhook_url"] = inbox.webhook_url
+            data["inbox_identifier"] = inbox.inbox_identifier
+            data["additional_attributes"] = _copy_json(inbox.additional_attributes)
+        data["provider"] = None
         return data
 
     def _inbox_as_json(self, inbox: Inbox) -> dict[str, Any]:
@@ -1195,7 +1219,8 @@ class SandboxState:
     def _apply_inbox_params(
         self, inbox: Inbox, params: Mapping[str, Any], errors: list[tuple[str, str]]
     ) -> None:
-        channel = params.get("channel") if isinstance(params.get("channel"), dict) else {}
+        given = params.get("channel")
+        channel: dict[str, Any] = given if isinstance(given, dict) else {}
         if "name" in params:
             name = _scalar_string(params.get("name"))
             if name is None:
@@ -1247,7 +1272,39 @@ class SandboxState:
             inbox.id = self._id("inbox")
             inbox.channel_id = self._id("channel")
             self.inboxes[inbox.id] = inbox
+            self._emit("inbox_created", self._inbox_event_data(inbox), inbox=None)
             return self.render_inbox(inbox, admin=True)
+
+    @staticmethod
+    def _inbox_event_data(inbox: Inbox) -> dict[str, Any]:
+        """The ``inbox_created`` payload: the inbox and its channel row, credentials in clear as on the server."""
+        channel: dict[str, Any] = {"id": inbox.channel_id, "account_id": inbox.account_id}
+        if inbox.channel_type == API_CHANNEL:
+            channel.update(
+                webhook_url=inbox.webhook_url,
+                hmac_token=inbox.hmac_token,
+                hmac_mandatory=inbox.hmac_mandatory,
+                identifier=inbox.inbox_identifier,
+                additional_attributes=_copy_json(inbox.additional_attributes),
+                secret=inbox.secret,
+            )
+        else:
+            channel.update(
+                website_url=inbox.website_url,
+                website_token=inbox.website_token,
+                hmac_token=inbox.hmac_token,
+                hmac_mandatory=inbox.hmac_mandatory,
+            )
+        return inbox_event_data(
+            id=inbox.id,
+            account_id=inbox.account_id,
+            name=inbox.name,
+            channel_type=inbox.channel_type,
+            channel=channel,
+            created_at=inbox.created_at,
+            updated_at=inbox.updated_at,
+            greeting_enabled=inbox.greeting_enabled,
+        )
 
     def update_inbox(self, caller: Caller, inbox_id: Any, params: Mapping[str, Any]) -> dict[str, Any]:
         """``PATCH /inboxes/{id}``: name, flags and ``channel.webhook_url``; administrators only."""
@@ -1863,7 +1920,8 @@ class SandboxState:
                     "success": True,
                     "conversation_id": conversation.display_id,
                     "current_status": conversation.status,
-                    "snoozed_until": unix(conversation.snoozed_until),
+                    # toggle_status.json.jbuilder renders the time itself: ISO 8601, as the conversation does.
+                    "snoozed_until": iso8601(conversation.snoozed_until),
                 },
             }
 
@@ -2122,9 +2180,10 @@ class SandboxState:
             webhook.url = _scalar_string(fields.get("url")) or ""
         if "name" in fields:
             webhook.name = _scalar_string(fields.get("name"))
-        if "subscriptions" in fields:
-            value = fields.get("subscriptions")
-            webhook.subscriptions = list(value) if isinstance(value, list) else value  # type: ignore[assignment]
+        # Rails' permit(subscriptions: []) drops a null: the webhook keeps what it had (on create, the default).
+        if fields.get("subscriptions") is not None:
+            value = fields["subscriptions"]
+            webhook.subscriptions = list(value) if isinstance(value, list) else value
         if "inbox_id" in fields:
             inbox_id = cast_id(fields.get("inbox_id"))
             webhook.inbox_id = inbox_id if inbox_id in self.inboxes else None
@@ -2168,11 +2227,14 @@ class SandboxState:
     ) -> dict[str, Any]:
         """Create an account webhook; ``secret`` may be chosen here (the real API always generates it).
 
-        :param default_subscriptions: subscribe to every event when ``subscriptions`` is omitted.
+        :param default_subscriptions: subscribe to every event when ``subscriptions`` is omitted; otherwise
+            an omitted ``subscriptions`` gets the real server's default, :data:`DEFAULT_WEBHOOK_SUBSCRIPTIONS`.
         :return: ``{"payload": {"webhook": {...}}}``.
         """
-        if subscriptions is None and default_subscriptions:
-            subscriptions = list(ALLOWED_WEBHOOK_EVENTS)
+        if subscriptions is None:
+            subscriptions = list(
+                ALLOWED_WEBHOOK_EVENTS if default_subscriptions else DEFAULT_WEBHOOK_SUBSCRIPTIONS
+            )
         if secret is not None and (not isinstance(secret, str) or not secret):
             raise unprocessable("secret must be a non-empty string")
         with self.lock:
@@ -2232,6 +2294,15 @@ def _parse_time(value: Any) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def _web_widget_script(website_token: str) -> str:
+    """The widget's embed snippet, as ``Channel::WebWidget#web_widget_script`` renders it (abridged)."""
+    return (
+        "<script>(function(d,t){var g=d.createElement(t);g.src='/packs/js/sdk.js';g.onload=function(){"
+        f"window.chatwootSDK.run({{websiteToken:'{website_token}',baseUrl:''}})}};"
+        "d.body.appendChild(g)})(document,'script');</script>"
+    )
 
 
 def _file_type(content_type: str | None) -> str:

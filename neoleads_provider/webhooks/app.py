@@ -30,6 +30,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from neoleads_provider.events.names import EVENT_NAME_MAX_LENGTH, EVENT_NAME_PATTERN
+from neoleads_provider.exceptions import NeoleadsConfigError
 from neoleads_provider.store.writer import EventWriter
 from neoleads_provider.webhooks.answers import LogThrottle
 from neoleads_provider.webhooks.asgi import route_path, send_json
@@ -143,7 +144,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed body, event or delivery id, or unstorable text."},
     401: {"model": ErrorBody, "description": "Signature, timestamp or token missing or wrong."},
     404: {"model": ErrorBody, "description": "No such webhook endpoint (no such Neoleads connection)."},
-    413: {"model": ErrorBody, "description": "Body larger than 1 MiB."},
+    413: {"model": ErrorBody, "description": "Body larger than [neoleads] webhook_max_body_bytes (4 MiB)."},
     415: {"model": ErrorBody, "description": "Content-Type is not application/json."},
     422: {"model": ErrorBody, "description": "Signed, but about another account than the connection's."},
     503: {"model": ErrorBody, "description": "Connection misconfigured, or the event store is unavailable."},
@@ -242,6 +243,23 @@ class WebhookReceiverApp:
             await self.deliveries(scope, receive, send, conn_id)
 
 
+def configured_max_body_bytes() -> int:
+    """``[neoleads] webhook_max_body_bytes``, or :data:`MAX_BODY_BYTES` when unset.
+
+    :raises NeoleadsConfigError: the setting is not a whole number of at least 1024.
+    """
+    from airflow.configuration import conf
+
+    raw = (conf.get("neoleads", "webhook_max_body_bytes", fallback="") or "").strip()
+    if not raw:
+        return MAX_BODY_BYTES
+    if not raw.isdigit() or int(raw) < 1024:
+        raise NeoleadsConfigError(
+            f"[neoleads] webhook_max_body_bytes must be a whole number of bytes, at least 1024, got {raw!r}"
+        )
+    return int(raw)
+
+
 def create_app(
     *,
     resolve_connection: Callable[[str], Any] | None = None,
@@ -249,7 +267,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     auto_migrate: bool = False,
     cache_ttl: float = CONNECTION_CACHE_TTL_SECONDS,
-    max_body_bytes: int = MAX_BODY_BYTES,
+    max_body_bytes: int | None = None,
     request_deadline: float = REQUEST_DEADLINE_SECONDS,
     max_unverified_bytes: int = MAX_UNVERIFIED_BYTES,
     max_unverified_bytes_per_client: int | None = None,
@@ -264,11 +282,14 @@ def create_app(
         (the Airflow plugin does).
     :param cache_ttl: how long a connection lookup is reused, and how often a failed verification may
         force a fresh one.
-    :param max_body_bytes: the largest body accepted.
+    :param max_body_bytes: the largest body accepted (413 beyond it); default ``[neoleads]
+        webhook_max_body_bytes``, else :data:`MAX_BODY_BYTES` (4 MiB).
     :param request_deadline: seconds a request may take to arrive once its headers are in (408 after).
     :param max_unverified_bytes: bytes of bodies being read or verified at once (503 beyond it).
     :param max_unverified_bytes_per_client: the same for one client address (default a quarter of it).
     """
+    if max_body_bytes is None:
+        max_body_bytes = configured_max_body_bytes()
     if engine_factory is None:
         from neoleads_provider.store.engine import get_engine
 

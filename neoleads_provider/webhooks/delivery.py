@@ -70,12 +70,15 @@ __all__ = [
 
 log = logging.getLogger("neoleads_provider.webhooks.app")
 
-MAX_BODY_BYTES = 1024 * 1024
+# The default of [neoleads] webhook_max_body_bytes. Most deliveries are a few kilobytes; an email inbox's
+# message_created carries the mail's HTML in content_attributes, JSON-escaped (<, > and & take 6 bytes
+# each), which passes 1 MiB for a large newsletter.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_DELIVERY_ID_LENGTH = 128
 # Neoleads waits 5 s for an answer: a request that has not fully arrived after 10 s is not a genuine one.
 REQUEST_DEADLINE_SECONDS = 10.0
-# 32 bodies of the largest size at once; real deliveries are a few kilobytes.
-MAX_UNVERIFIED_BYTES = 32 * MAX_BODY_BYTES
+# Bodies being read or verified at once, per process: eight of the largest size, thousands of real ones.
+MAX_UNVERIFIED_BYTES = 32 * 1024 * 1024
 BUSY_RETRY_AFTER_SECONDS = 5
 # Connection lookups (secrets backend, metadata database) running at once.
 LOOKUP_THREADS = 8

@@ -570,10 +570,8 @@ def test_a_burst_of_large_unverifiable_bodies_is_bounded_and_its_memory_returned
     held at once, and what the burst took is given back once it is over."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from neoleads_provider.webhooks.delivery import MAX_BODY_BYTES
-
-    # As large as the receiver takes (1 MiB): a larger one is refused by its Content-Length, unread.
-    body = b'{"event":"message_created","content":"' + b"x" * (MAX_BODY_BYTES - 64) + b'"}'
+    # 1 MiB each, well within the receiver's limit (4 MiB): 400 MiB in all against a 32 MiB budget.
+    body = b'{"event":"message_created","content":"' + b"x" * (1024 * 1024 - 64) + b'"}'
     headers = signed_now("not-the-secret", body, "burst")
     with _standalone(tmp_path) as (server, base):
         url = f"{base}/neoleads/webhooks/{CONN_ID}"
