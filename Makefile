@@ -25,14 +25,14 @@ demo: venv
 airflow: venv
 	$(BIN)/python scripts/airflow_local.py $(AIRFLOW_ARGS)
 
-test: venv
-	$(BIN)/ruff check neoleads_provider dags tests benchmarks scripts
-	$(BIN)/ruff format --check neoleads_provider dags tests benchmarks scripts
+test: lint
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
+# ruff, and mypy on the package with pyproject.toml's [tool.mypy] configuration.
 lint: venv
 	$(BIN)/ruff check neoleads_provider dags tests benchmarks scripts
 	$(BIN)/ruff format --check neoleads_provider dags tests benchmarks scripts
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .demo build dist *.egg-info

@@ -37,7 +37,7 @@ with DAG(
     contact = NeoleadsCreateContactOperator(
         task_id="create_contact",
         name="{{ params.name }}",
-        email="{{ params.email }}",
+        contact_email="{{ params.email }}",
         inbox_id="{{ params.inbox_id }}",
     )
     conversation = NeoleadsCreateConversationOperator(

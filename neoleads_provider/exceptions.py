@@ -57,7 +57,8 @@ class NeoleadsApiError(NeoleadsError):
     ) -> None:
         self.method = method
         self.path = path
-        self.status_code = status_code
+        # AirflowException infers HTTPStatus from its class default; the server's status may be any int.
+        self.status_code = status_code  # type: ignore[assignment]
         self.server_message = message
         self.body = body
         super().__init__(f"Neoleads {method} {path} returned {status_code}: {message}")
@@ -80,7 +81,9 @@ class NeoleadsApiError(NeoleadsError):
         args, kwargs = self._init_args()
         return (_rebuild, (type(self), args, kwargs), dict(self.__dict__))
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        if state is None:  # BaseException's contract: nothing to restore (pickle always passes our dict)
+            return
         hint = state.pop("hint", None)
         self.__dict__.update(state)
         if hint:

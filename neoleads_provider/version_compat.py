@@ -42,12 +42,14 @@ AIRFLOW_V_3_4_PLUS = _base_version_tuple() >= (3, 4, 0)
 try:
     from airflow.sdk import conf
 except ImportError:  # Airflow 3.1: the Task SDK does not export the configuration yet.
-    from airflow.configuration import conf  # type: ignore[no-redef]
+    # Airflow types its core and Task SDK parsers as two unrelated classes; both answer get/getint/getboolean.
+    from airflow.configuration import conf  # type: ignore[assignment]
 
 try:
     from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSensorTimeout, AirflowSkipException
 except ImportError:  # Airflow 3.1 has them in airflow.exceptions only.
-    from airflow.exceptions import (  # type: ignore[no-redef,assignment]
+    # no-redef: Airflow 3.2+ serves these names from an untyped module __getattr__ (deprecated aliases).
+    from airflow.exceptions import (  # type: ignore[no-redef]
         AirflowNotFoundException,
         AirflowSensorTimeout,
         AirflowSkipException,
@@ -57,7 +59,8 @@ try:
     # Fails the task at once, without its retries (the task runner checks for this class).
     from airflow.sdk.exceptions import AirflowFailException
 except ImportError:  # Airflow 3.1
-    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef,assignment]
+    # no-redef: as above, an untyped module __getattr__ alias in Airflow 3.2+.
+    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
 
 
 try:

@@ -134,7 +134,7 @@ def look_in_api(
     for _ in range(max_pages):
         page = [m for m in hook.list_messages(flt.conversation_id, after=after) if isinstance(m, Mapping)]
         ids = [m["id"] for m in page if isinstance(m.get("id"), int)]
-        for message in sorted(page, key=lambda m: m.get("id") if isinstance(m.get("id"), int) else 0):
+        for message in sorted(page, key=lambda m: m["id"] if isinstance(m.get("id"), int) else 0):
             payload = message_event_from_api(message, account_id=account_id)
             if flt.matches(payload):
                 return _api_event(flt.conn_id, payload)

@@ -22,11 +22,13 @@ import argparse
 import hmac
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from neoleads_provider.cli.events import http_url, positive_int, with_logs_on_stderr
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from neoleads_provider.hooks.neoleads import NeoleadsHook
 
 __all__ = ["API_CHANNEL", "parse_inbox_id", "register"]
@@ -136,12 +138,14 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def _channel(inbox: dict[str, Any]) -> str:
+def _channel(inbox: Mapping[str, Any]) -> str:
     return str(inbox.get("channel_type") or "-").removeprefix("Channel::")
 
 
 def _accepted(secret: str | None, secrets: tuple[str, ...]) -> bool:
-    return bool(secret) and any(hmac.compare_digest(secret.encode(), known.encode()) for known in secrets)
+    if not secret:
+        return False
+    return any(hmac.compare_digest(secret.encode(), known.encode()) for known in secrets)
 
 
 def _no_url() -> int:
@@ -190,6 +194,19 @@ def _url_to_set(args: argparse.Namespace, given: str | None) -> tuple[str, list[
 # --------------------------------------------------------------------------- list
 
 
+class _InboxRow(TypedDict):
+    """One inbox of ``neoleads inboxes list`` (``--json`` prints these as they are)."""
+
+    id: Any  # the API's values, as the server sent them
+    name: Any
+    channel_type: Any
+    webhook_url: str | None
+    inbox_identifier: Any
+    delivers_to_receiver: bool
+    secret_accepted: bool | None
+    connection_inbox: bool
+
+
 def _list(args: argparse.Namespace) -> int:
     from neoleads_provider.cli._connections import hook_for, points_at_receiver, receiver_url, shown_url
     from neoleads_provider.exceptions import NeoleadsError
@@ -201,7 +218,7 @@ def _list(args: argparse.Namespace) -> int:
         return _error(exc)
     settings = hook.settings
     expected = receiver_url(args.conn_id)
-    rows = []
+    rows: list[_InboxRow] = []
     for inbox in inboxes:
         is_api = inbox.get("channel_type") == API_CHANNEL
         webhook_url = inbox.get("webhook_url") if is_api else None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from neoleads_provider.events.fields import EventFields, read_event
 from neoleads_provider.events.names import KNOWN_EVENTS, MESSAGE_EVENTS, MESSAGE_TYPES
@@ -90,6 +90,23 @@ class EventFilter:
     after_message_id: int | None = None
     content_pattern: str | None = None
     _pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False, default=None)
+
+    if TYPE_CHECKING:
+        # What callers may pass (names as a string, comma-separated, or a list); __post_init__ stores the
+        # field types above. Type checkers only: the dataclass generates the real __init__.
+        def __init__(
+            self,
+            conn_id: str = ...,
+            events: str | Sequence[str] = ...,
+            account_id: int | None = ...,
+            inbox_id: int | None = ...,
+            conversation_id: int | None = ...,
+            message_types: str | Sequence[str] | None = ...,
+            include_private: bool = ...,
+            sender_types: str | Sequence[str] | None = ...,
+            after_message_id: int | None = ...,
+            content_pattern: str | None = ...,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         # Frozen: normalised values are written through object.__setattr__, once, here.

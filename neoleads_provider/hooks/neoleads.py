@@ -8,7 +8,7 @@ import logging
 import mimetypes
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from airflow.sdk import BaseHook
 
@@ -53,6 +53,23 @@ _LOOKUP_PATHS = {
     "contact_id": "contacts/{}",
     "conversation_id": "conversations/{}",
 }
+
+
+class ContactLookup(TypedDict):
+    """The keys ``find_contact`` looks a contact up by."""
+
+    identifier: str | None
+    email: str | None
+    phone_number: str | None
+
+
+class ContactFields(ContactLookup):
+    """The keyword arguments ``get_or_create_contact`` takes, which ``create_contact`` takes too."""
+
+    name: str | None
+    inbox_id: int | None
+    custom_attributes: Mapping[str, Any] | None
+    additional_attributes: Mapping[str, Any] | None
 
 
 class NeoleadsHook(BaseHook):
@@ -507,9 +524,9 @@ class NeoleadsHook(BaseHook):
         :return: ``{"contact": {...}, "source_id": str | None, "inbox_id": int | None, "created": bool}``;
             ``source_id`` is the contact's in ``inbox_id`` (created there when missing).
         """
-        lookup = {"identifier": identifier, "email": email, "phone_number": phone_number}
+        lookup: ContactLookup = {"identifier": identifier, "email": email, "phone_number": phone_number}
         can_reconcile = any(value not in (None, "") for value in lookup.values())
-        fields = {
+        fields: ContactFields = {
             "name": name,
             "custom_attributes": custom_attributes,
             "additional_attributes": additional_attributes,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from airflow.sdk import BaseOperator
 
@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+# Overloads: a required id is never None, so callers need no check of their own.
+@overload
+def as_id(name: str, value: Any, *, required: Literal[True] = ...) -> int: ...
+@overload
+def as_id(name: str, value: Any, *, required: bool) -> int | None: ...
 def as_id(name: str, value: Any, *, required: bool = True) -> int | None:
     """Cast a rendered id to ``int``: templates render to strings, XCom may give ints.
 

@@ -11,6 +11,8 @@ from neoleads_provider.operators.base import NeoleadsBaseOperator, as_id
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from neoleads_provider.hooks.neoleads import ContactFields
+
 IF_EXISTS_CHOICES = ("reuse", "fail")
 
 
@@ -23,7 +25,8 @@ class NeoleadsCreateContactOperator(NeoleadsBaseOperator):
     .. seealso:: ``docs/operators.md``
 
     :param name: display name. (templated)
-    :param email: email address, unique per account. (templated)
+    :param contact_email: the contact's email address, unique per account. (templated) Not ``email``: that
+        is Airflow's own argument, the address its failure alerts go to, and ``default_args`` often sets it.
     :param phone_number: E.164 phone number (``+`` and digits), unique per account. (templated)
     :param identifier: your system's id for the contact, unique per account. (templated)
     :param inbox_id: inbox to create the contact inbox in. (templated)
@@ -37,7 +40,7 @@ class NeoleadsCreateContactOperator(NeoleadsBaseOperator):
     template_fields = (
         *NeoleadsBaseOperator.template_fields,
         "name",
-        "email",
+        "contact_email",
         "phone_number",
         "identifier",
         "inbox_id",
@@ -52,7 +55,7 @@ class NeoleadsCreateContactOperator(NeoleadsBaseOperator):
         self,
         *,
         name: str | None = None,
-        email: str | None = None,
+        contact_email: str | None = None,
         phone_number: str | None = None,
         identifier: str | None = None,
         inbox_id: int | str | None = None,
@@ -63,7 +66,7 @@ class NeoleadsCreateContactOperator(NeoleadsBaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.name = name
-        self.email = email
+        self.contact_email = contact_email
         self.phone_number = phone_number
         self.identifier = identifier
         self.inbox_id = inbox_id
@@ -75,9 +78,9 @@ class NeoleadsCreateContactOperator(NeoleadsBaseOperator):
         if self.if_exists not in IF_EXISTS_CHOICES:
             raise NeoleadsConfigError(f"if_exists must be 'reuse' or 'fail'; got {self.if_exists!r}")
         inbox_id = as_id("inbox_id", self.inbox_id, required=False)
-        fields = {
+        fields: ContactFields = {
             "name": self.name or None,
-            "email": self.email or None,
+            "email": self.contact_email or None,
             "phone_number": self.phone_number or None,
             "identifier": str(self.identifier) if self.identifier not in (None, "") else None,
             "inbox_id": inbox_id,

@@ -198,10 +198,13 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
     def _build_filter(self, *, account_id: int | None) -> EventFilter:
         from neoleads_provider.events.filter import EventFilter
 
+        events = _as_names("events", self.events)
+        if events is None:  # None means "any" for the other criteria, but a filter needs its events
+            raise NeoleadsConfigError("events must be a string or a list of strings, got None")
         try:
             return EventFilter(
                 conn_id=self.neoleads_conn_id,
-                events=_as_names("events", self.events),
+                events=events,
                 account_id=account_id,
                 inbox_id=_as_int("inbox_id", self.inbox_id, required=False, minimum=1),
                 conversation_id=_as_int("conversation_id", self.conversation_id, required=True, minimum=1),
@@ -401,7 +404,7 @@ class NeoleadsWebhookSensor(BaseSensorOperator):
         except Exception as exc:
             self.log.debug("No Neoleads conversation link: %s", exc)
         status = event.get("status") if isinstance(event, Mapping) else None
-        if status == "success":
+        if status == "success" and isinstance(event, Mapping):  # status is None unless event is a Mapping
             found = self._matched(event)
             self.log.info("%s", found_summary(found))
             return found

@@ -67,15 +67,15 @@ def _step_3_scope_events_to_connections(conn: Connection) -> None:
     merged or lost, but a copy of an old event arriving now is not recognised as one.
     """
     metadata.create_all(conn, tables=[watch_cursors], checkfirst=True)
-    columns = {column["name"] for column in inspect(conn).get_columns(webhook_events.name)}
-    if "event_key" in columns:
+    existing_columns = {column["name"] for column in inspect(conn).get_columns(webhook_events.name)}
+    if "event_key" in existing_columns:
         return  # created by step 1 at this version already
     table = webhook_events.name
     if conn.dialect.name == "sqlite":
         # SQLite cannot drop a table's UNIQUE constraint: rebuild the table under the new definition. Index
         # names are global and would follow the renamed table, so every index of the old one goes first.
-        for index in inspect(conn).get_indexes(table):
-            conn.exec_driver_sql(f'DROP INDEX IF EXISTS "{index["name"]}"')
+        for reflected in inspect(conn).get_indexes(table):
+            conn.exec_driver_sql(f'DROP INDEX IF EXISTS "{reflected["name"]}"')
         conn.exec_driver_sql(f'ALTER TABLE "{table}" RENAME TO "{table}_v2"')
         webhook_events.create(conn)
         names = ", ".join(_V3_COPIED_COLUMNS)

@@ -205,7 +205,10 @@ def _insert_one_by_one(conn: Connection, events: Sequence[NewEvent]) -> dict[tup
                 result = conn.execute(insert(webhook_events).values(values))
         except IntegrityError:
             continue
-        inserted[(new.conn_id, new.delivery_id)] = int(result.inserted_primary_key[0])
+        primary_key = result.inserted_primary_key
+        if primary_key is None:  # only for executemany or a non-insert, never for this one-row insert
+            raise RuntimeError("the event store did not report the inserted event's id")
+        inserted[(new.conn_id, new.delivery_id)] = int(primary_key[0])
     return inserted
 
 

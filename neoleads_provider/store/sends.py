@@ -20,7 +20,10 @@ from sqlalchemy import delete, func, select, update
 from neoleads_provider.store.schema import send_records
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
+    from collections.abc import Callable
+
+    from sqlalchemy import Connection, Table
+    from sqlalchemy.dialects import postgresql, sqlite
 
 __all__ = [
     "SendKey",
@@ -115,6 +118,8 @@ def _upsert(
     }
     dialect = conn.dialect.name
     if dialect in ("postgresql", "sqlite"):
+        # Two Insert classes with the same ON CONFLICT API; the union lets one statement serve both.
+        dialect_insert: Callable[[Table], postgresql.Insert | sqlite.Insert]
         if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
         else:

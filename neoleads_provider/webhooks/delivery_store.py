@@ -117,9 +117,9 @@ class DeliveryStore:
         try:
             results = self.writer.write([new for _, new in parsed])
         except EventStoreError as exc:
-            refusal = self._unavailable(parsed[0][1].conn_id, exc)
+            unavailable = self._unavailable(parsed[0][1].conn_id, exc)
             for index, _ in parsed:
-                outcomes[index] = refusal
+                outcomes[index] = unavailable
             return outcomes
         for (index, new), result in zip(parsed, results, strict=True):
             if isinstance(result, RowRefusedError):

@@ -103,7 +103,7 @@ def _head_deadline_protocol(deadline: float) -> Any:
     except ImportError:  # pragma: no cover - uvicorn without httptools
         return None
 
-    class HeadDeadlineProtocol(HttpToolsProtocol):  # type: ignore[misc]
+    class HeadDeadlineProtocol(HttpToolsProtocol):
         _head_timer: Any = None
 
         def _arm(self) -> None:

@@ -18,7 +18,7 @@ START = pendulum.datetime(2026, 1, 1, tz="UTC")
 # A send whose first try times out after the server stored the message: the retry must not send it again.
 with DAG(dag_id="neoleads_retry_send", schedule=None, start_date=START, catchup=False):
     contact = NeoleadsCreateContactOperator(
-        task_id="create_contact", name="Retry Ray", email="ray@example.com", inbox_id=1
+        task_id="create_contact", name="Retry Ray", contact_email="ray@example.com", inbox_id=1
     )
     conversation = NeoleadsCreateConversationOperator(
         task_id="create_conversation", source_id=contact.output["source_id"]

@@ -54,7 +54,7 @@ with DAG(
     default_args={"retries": 4, "retry_delay": timedelta(seconds=0)},
 ):
     contact = NeoleadsCreateContactOperator(
-        task_id="create_contact", name="Fault Tolerant", email="{{ params.email }}", inbox_id=1
+        task_id="create_contact", name="Fault Tolerant", contact_email="{{ params.email }}", inbox_id=1
     )
     conversation = NeoleadsCreateConversationOperator(
         task_id="create_conversation", source_id=contact.output["source_id"]
