@@ -604,6 +604,12 @@ class NeoleadsHook(BaseHook):
         with self._naming_what_is_missing(inbox_id=inbox_id, contact_id=contact_id):
             return dict(self.request("POST", "conversations", json=body))
 
+    def list_contact_conversations(self, contact_id: int) -> list[dict[str, Any]]:
+        """The contact's conversations (``GET /contacts/{id}/conversations``), latest activity first."""
+        with self._naming_what_is_missing(contact_id=contact_id):
+            answer = self.request("GET", f"contacts/{int(contact_id)}/conversations")
+        return [dict(item) for item in answer.get("payload") or []]
+
     def get_conversation(self, conversation_id: int) -> dict[str, Any]:
         """One conversation, by display id."""
         with self._naming_what_is_missing(conversation_id=conversation_id):

@@ -439,9 +439,9 @@ def test_a_failure_a_retry_may_fix_keeps_the_task_retryable(
 def test_the_start_line_states_the_rate_cap_and_progress_counts_rate_and_eta(
     neoleads_sandbox, neoleads_connection, run_id, monkeypatch, caplog, capfd
 ) -> None:
-    from neoleads_provider.operators import bulk
+    from neoleads_provider.bulk import runner
 
-    monkeypatch.setattr(bulk, "PROGRESS_LOG_SECONDS", 0.0)
+    monkeypatch.setattr(runner, "PROGRESS_LOG_SECONDS", 0.0)
     neoleads_sandbox.inject(delay=0.4, method="POST", path="/messages", count=4)
     make(rows_for(4), concurrency=1, requests_per_minute=2400).execute({"ti": StubTI(run_id)})
     out, err = capfd.readouterr()

@@ -38,6 +38,7 @@ from neoleads_provider.store.engine import dispose_engines, get_engine
 from neoleads_provider.store.migrate import migrate
 from neoleads_provider.store.schema import webhook_events
 from neoleads_provider.webhooks.body import parse_event_body
+from neoleads_provider.webhooks.delivery import MAX_BODY_BYTES
 from neoleads_provider.webhooks.server import create_server_app
 from neoleads_provider.webhooks.verify import sign
 
@@ -342,7 +343,7 @@ def test_deep_json(client, receiver, counters, depth, kind):
     response = client.post(PATH, content=body, headers=_signed_headers(body, delivery_id=delivery_id))
     _assert_no_server_error(response)
     levels = depth * (2 if kind == "mixed" else 1) + 1
-    if len(body) > 1024 * 1024:
+    if len(body) > MAX_BODY_BYTES:
         assert response.status_code == 413
     elif levels > 64:
         assert response.status_code == 400
@@ -352,7 +353,7 @@ def test_deep_json(client, receiver, counters, depth, kind):
 
 @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(
-    size=st.integers(min_value=0, max_value=3 * 1024 * 1024),
+    size=st.integers(min_value=0, max_value=MAX_BODY_BYTES + 512 * 1024),  # past the limit too
     char=st.sampled_from(["a", "é", "💥", "\\u0000"]),
 )
 def test_huge_strings(client, receiver, counters, size, char):
@@ -362,7 +363,7 @@ def test_huge_strings(client, receiver, counters, size, char):
     delivery_id = f"fuzz-{uuid.uuid4()}"
     response = client.post(PATH, content=body, headers=_signed_headers(body, delivery_id=delivery_id))
     _assert_no_server_error(response)
-    assert response.status_code == (413 if len(body) > 1024 * 1024 else 200)
+    assert response.status_code == (413 if len(body) > MAX_BODY_BYTES else 200)
     if response.status_code == 200:
         _assert_accepted(receiver["engine"], response, body)
 
@@ -658,8 +659,8 @@ def _mutations(rng: random.Random, index: int) -> tuple[str, bytes, str, bool]:
         signature = sign(SECRET, timestamp, garbage).encode()
         headers = [*good[:3], (b"X-Chatwoot-Signature", signature)]
         return kind, _request(with_length(headers, garbage), garbage), delivery_id, True
-    # oversized-chunked: more than the 1 MiB limit, without a Content-Length to refuse it early.
-    big = b'{"event":"message_created","x":"' + b"y" * (1024 * 1024) + b'"}'
+    # oversized-chunked: more than the receiver's limit, without a Content-Length to refuse it early.
+    big = b'{"event":"message_created","x":"' + b"y" * MAX_BODY_BYTES + b'"}'
     chunks = b"".join(
         b"%x\r\n%s\r\n" % (len(big[i : i + 65536]), big[i : i + 65536]) for i in range(0, len(big), 65536)
     )
