@@ -11,7 +11,7 @@ PACKAGE = "neoleads_provider"
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Describe the provider: its hook, operators, sensor, trigger, connection form, links, config, plugin and CLI."""
+    """Describe the provider: hook, operators, sensor, triggers, notifier, connection form, links, config, plugin, CLI."""
     return {
         "package-name": "airflow-provider-neoleads",
         "name": "Neoleads",
@@ -61,7 +61,8 @@ def get_provider_info() -> dict[str, Any]:
                 # Every field may be null: Airflow's form marks a non-null type as an error ("required")
                 # before anything is typed. The hook refuses a connection without account_id, naming it,
                 # and reads null as "use the default". A "default" is what the Add form saves; "minimum" is
-                # what the form enforces (it ignores exclusiveMinimum, kept for other JSON Schema readers).
+                # what the form enforces (it ignores exclusiveMinimum). The form asks for at least 1 s; the
+                # hook takes any positive number set another way (JSON extra, CLI, secrets backend).
                 "conn-fields": {
                     "account_id": {
                         "label": "Account ID (required)",
@@ -166,6 +167,7 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         },
+        "notifications": [f"{PACKAGE}.notifications.neoleads.NeoleadsNotifier"],
         "plugins": [{"name": "neoleads", "plugin-class": f"{PACKAGE}.plugins.NeoleadsPlugin"}],
         # `airflow neoleads ...` (Airflow 3.2+; older versions ignore the key and use the `neoleads` script).
         "cli": [f"{PACKAGE}.cli.airflow_cli.get_cli_commands"],

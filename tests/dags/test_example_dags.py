@@ -170,3 +170,23 @@ def test_wait_for_reply_dag_end_to_end(migrated_db, neoleads_sandbox, receiver_u
     assert all(delivery.get("status_code") == 200 for delivery in neoleads_sandbox.deliveries), (
         neoleads_sandbox.deliveries
     )
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["succeeds", "fails"])
+def test_notify_dag_posts_a_private_note_into_the_ops_conversation(migrated_db, neoleads_sandbox, fail):
+    output = dags_test(
+        "neoleads_notify_on_failure",
+        neoleads_sandbox,
+        dags_folder=REPO / "dags",
+        conf={"fail": fail},
+        succeed=not fail,
+    )
+    with neoleads_sandbox.state.lock:
+        notes = [m.content for m in neoleads_sandbox.state.messages.values() if m.private]
+    assert len(notes) == 1, output[-4000:]
+    if fail:
+        assert notes[0].startswith("Task nightly_load of neoleads_notify_on_failure failed on try 1 (run ")
+        assert notes[0].endswith("): the warehouse refused the load (simulated)")
+    else:
+        assert notes[0].startswith("neoleads_notify_on_failure: the nightly load of run ")
+    assert "Posted a Neoleads private note" in output
