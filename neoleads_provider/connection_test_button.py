@@ -8,8 +8,9 @@ differs from the stored connection", 3.3.1 tests the masked token ``***``.
 
 :class:`ConnectionTestPortMiddleware` (one of the plugin's ``fastapi_root_middlewares``) removes that ``0``
 from a test request for a ``neoleads`` connection, so Airflow compares nothing about the port and tests the
-stored connection, its secrets restored. The hook never uses the port, and port 0 is no destination, so
-nothing else changes: the host is still compared, and Airflow still decides who may test what.
+stored connection as stored (its port included), its secrets restored. Port 0 is no destination and a client
+may always leave the port out, so nothing else changes: the host is still compared, and Airflow still decides
+who may test what.
 Every other request passes untouched; the check costs a string comparison.
 """
 

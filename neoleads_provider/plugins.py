@@ -54,7 +54,23 @@ class LazyReceiverApp:
         return self._app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
+        try:
+            app = self.app
+        except Exception as exc:
+            from neoleads_provider.exceptions import NeoleadsConfigError
+
+            if scope["type"] != "http" or not isinstance(exc, NeoleadsConfigError):
+                raise
+            # A setting the receiver cannot run with ([neoleads] webhook_max_body_bytes...): say which, as a
+            # 503 the sender may retry once it is fixed, never a bare 500. The message holds no secret.
+            import json
+
+            body = json.dumps({"detail": f"receiver misconfigured: {exc}"}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
 
     def warm_up(self) -> None:
         """Build the receiver and warm it up (blocking); a failure is logged, never raised."""

@@ -285,8 +285,8 @@ class NeoleadsHook(BaseHook):
                 return False, (
                     f"Airflow passed the masked token {MASKED_TOKEN!r}, not the stored one: this Airflow "
                     "release tests only what the connections list sends. Check the stored connection with "
-                    "`neoleads doctor --conn-id <connection id>` instead; Airflow 3.1.7 and later test the "
-                    "stored token."
+                    "`neoleads doctor --conn-id <connection id>` instead; Airflow 3.1.7 to 3.3.0 test the "
+                    "stored token, and later releases too with this provider's plugin on the API server."
                 )
             profile = self.get_profile()
             accounts = {account.get("id"): account for account in profile.get("accounts") or []}

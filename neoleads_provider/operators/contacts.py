@@ -64,6 +64,14 @@ class NeoleadsCreateContactOperator(NeoleadsBaseOperator):
         if_exists: str = "reuse",
         **kwargs: Any,
     ) -> None:
+        if contact_email is None and isinstance(kwargs.get("email"), str):
+            # `email` is Airflow's own argument (failure alerts): an address meant for the contact would send
+            # them to the customer, and the contact would be created without it.
+            raise NeoleadsConfigError(
+                f"{type(self).__name__}(task_id={kwargs.get('task_id')!r}): email={kwargs['email']!r} is "
+                "Airflow's address for this task's failure alerts; pass the contact's address as "
+                "contact_email=... (for alerts to one address and no contact email, pass email as a list)"
+            )
         super().__init__(**kwargs)
         self.name = name
         self.contact_email = contact_email

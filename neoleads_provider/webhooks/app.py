@@ -43,6 +43,7 @@ from neoleads_provider.webhooks.connections import (
 )
 from neoleads_provider.webhooks.delivery import (
     MAX_BODY_BYTES,
+    MAX_BODY_BYTES_LIMIT,
     MAX_UNVERIFIED_BYTES,
     REQUEST_DEADLINE_SECONDS,
     DeliveryHandler,
@@ -246,16 +247,17 @@ class WebhookReceiverApp:
 def configured_max_body_bytes() -> int:
     """``[neoleads] webhook_max_body_bytes``, or :data:`MAX_BODY_BYTES` when unset.
 
-    :raises NeoleadsConfigError: the setting is not a whole number of at least 1024.
+    :raises NeoleadsConfigError: the setting is not a whole number from 1024 to 64 MiB.
     """
     from airflow.configuration import conf
 
     raw = (conf.get("neoleads", "webhook_max_body_bytes", fallback="") or "").strip()
     if not raw:
         return MAX_BODY_BYTES
-    if not raw.isdigit() or int(raw) < 1024:
+    if not raw.isdigit() or not 1024 <= int(raw) <= MAX_BODY_BYTES_LIMIT:
         raise NeoleadsConfigError(
-            f"[neoleads] webhook_max_body_bytes must be a whole number of bytes, at least 1024, got {raw!r}"
+            "[neoleads] webhook_max_body_bytes must be a whole number of bytes from 1024 to "
+            f"{MAX_BODY_BYTES_LIMIT} (64 MiB), got {raw!r}"
         )
     return int(raw)
 
@@ -269,7 +271,7 @@ def create_app(
     cache_ttl: float = CONNECTION_CACHE_TTL_SECONDS,
     max_body_bytes: int | None = None,
     request_deadline: float = REQUEST_DEADLINE_SECONDS,
-    max_unverified_bytes: int = MAX_UNVERIFIED_BYTES,
+    max_unverified_bytes: int | None = None,
     max_unverified_bytes_per_client: int | None = None,
 ) -> WebhookReceiverApp:
     """Build the receiver app (routes ``/webhooks/{conn_id}``, ``/_health`` and ``/openapi.json``).
@@ -285,11 +287,15 @@ def create_app(
     :param max_body_bytes: the largest body accepted (413 beyond it); default ``[neoleads]
         webhook_max_body_bytes``, else :data:`MAX_BODY_BYTES` (4 MiB).
     :param request_deadline: seconds a request may take to arrive once its headers are in (408 after).
-    :param max_unverified_bytes: bytes of bodies being read or verified at once (503 beyond it).
+    :param max_unverified_bytes: bytes of bodies being read or verified at once (503 beyond it); default
+        32 MiB, or eight bodies of ``max_body_bytes`` if that is more.
     :param max_unverified_bytes_per_client: the same for one client address (default a quarter of it).
     """
     if max_body_bytes is None:
         max_body_bytes = configured_max_body_bytes()
+    if max_unverified_bytes is None:
+        # Room for eight of the largest bodies at once, whatever the limit (a client may hold a quarter).
+        max_unverified_bytes = max(MAX_UNVERIFIED_BYTES, 8 * max_body_bytes)
     if engine_factory is None:
         from neoleads_provider.store.engine import get_engine
 

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from neoleads_provider.events.fields import EventFields, PayloadError, read_event
-from neoleads_provider.events.redact import without_secrets
+from neoleads_provider.events.redact import may_carry_secrets, without_secrets
 from neoleads_provider.events.text import find_unstorable_text
 
 __all__ = ["MAX_JSON_DEPTH", "parse_event_body"]
@@ -27,8 +27,8 @@ _decode_json = msgspec.json.Decoder().decode
 def parse_event_body(body: bytes) -> tuple[str, EventFields]:
     """Parse a delivery's raw body; return it as text to store, with what it is about.
 
-    The text is the body as sent, except for inbox events, whose channel credentials are redacted
-    (:func:`neoleads_provider.events.redact.without_secrets`).
+    The text is the body as sent, with any credentials it carries redacted
+    (:func:`neoleads_provider.events.redact.without_secrets`): store it, and identify the event by it.
 
     Strict JSON only: an object with a valid ``event``, no NaN or Infinity, no number beyond a float or
     Python's integer digit limit, at most :data:`MAX_JSON_DEPTH` levels deep, and no NUL character or lone
@@ -55,7 +55,7 @@ def parse_event_body(body: bytes) -> tuple[str, EventFields]:
         problem = find_unstorable_text(payload)
         if problem is not None:
             raise PayloadError(f"the body cannot be stored: {problem}")
-    cleaned = without_secrets(fields.event, payload)
+    cleaned = without_secrets(fields.event, payload) if may_carry_secrets(fields.event, body) else None
     if cleaned is not None:
         # Stored without the channel's credentials; what the event is about is read from the body as sent.
         text = json.dumps(cleaned, ensure_ascii=False, separators=(",", ":"))

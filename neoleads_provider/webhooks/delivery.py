@@ -78,7 +78,10 @@ MAX_DELIVERY_ID_LENGTH = 128
 # Neoleads waits 5 s for an answer: a request that has not fully arrived after 10 s is not a genuine one.
 REQUEST_DEADLINE_SECONDS = 10.0
 # Bodies being read or verified at once, per process: eight of the largest size, thousands of real ones.
+# A higher body limit raises it to eight of its bodies (create_app).
 MAX_UNVERIFIED_BYTES = 32 * 1024 * 1024
+#: The most [neoleads] webhook_max_body_bytes may be: the memory budget is eight times the limit.
+MAX_BODY_BYTES_LIMIT = 64 * 1024 * 1024
 BUSY_RETRY_AFTER_SECONDS = 5
 # Connection lookups (secrets backend, metadata database) running at once.
 LOOKUP_THREADS = 8

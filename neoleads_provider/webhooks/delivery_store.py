@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from neoleads_provider.events.fields import PayloadError, event_identity
+from neoleads_provider.events.redact import may_carry_secrets
 from neoleads_provider.store.errors import EventStoreError
 from neoleads_provider.store.writer import RowRefusedError
 from neoleads_provider.webhooks.answers import Refusal
@@ -39,6 +40,11 @@ class Delivery(NamedTuple):
     delivery_id: str
     body: bytes
     received_at: datetime
+
+
+def _identity_bytes(event: str, text: str, body: bytes) -> bytes:
+    # A body that may have had credentials redacted is identified by what is stored, not by what came.
+    return text.encode("utf-8") if may_carry_secrets(event, body) else body
 
 
 def _parse_delivery(delivery: Delivery) -> NewEvent:
@@ -72,7 +78,12 @@ def _parse_delivery(delivery: Delivery) -> NewEvent:
     return NewEvent(
         conn_id=delivery.conn_id,
         delivery_id=delivery.delivery_id,
-        event_key=event_identity(fields, delivery.body, received_at=delivery.received_at.timestamp()),
+        # From the stored text: a body whose credentials were redacted leaves no digest of them behind.
+        event_key=event_identity(
+            fields,
+            _identity_bytes(fields.event, text, delivery.body),
+            received_at=delivery.received_at.timestamp(),
+        ),
         fields=fields,
         body=text,
         received_at=delivery.received_at,

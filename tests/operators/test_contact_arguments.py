@@ -34,3 +34,35 @@ def test_no_operator_argument_shadows_one_of_base_operator() -> None:
     for cls in [*classes, NeoleadsWebhookSensor]:
         own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
         assert own & airflow_own == set(), cls.__name__
+
+
+def test_the_old_email_argument_is_refused_with_what_to_write_instead() -> None:
+    import pytest
+
+    from neoleads_provider.exceptions import NeoleadsConfigError
+
+    with pytest.raises(
+        NeoleadsConfigError, match=r"email='ada@example.com' is Airflow's address .* contact_email="
+    ):
+        NeoleadsCreateContactOperator(task_id="c", name="Ada", email="ada@example.com", inbox_id=1)
+    # Alerts to a list, with the contact's address where it belongs: both fine.
+    both = NeoleadsCreateContactOperator(
+        task_id="d", name="Ada", contact_email="ada@example.com", email="ops@example.com", inbox_id=1
+    )
+    assert (both.contact_email, both.email) == ("ada@example.com", "ops@example.com")
+    NeoleadsCreateContactOperator(task_id="e", name="Ada", email=["ops@example.com"], inbox_id=1)
+
+
+def test_contact_email_reaches_the_server_as_the_contact_s_email(
+    neoleads_sandbox, neoleads_connection
+) -> None:
+    operator = NeoleadsCreateContactOperator(
+        task_id="f", name="Grace", contact_email="grace@example.com", inbox_id=1
+    )
+    class TaskInstance:
+        def xcom_push(self, key: str, value: object) -> None:
+            pass
+
+    result = operator.execute({"ti": TaskInstance()})  # type: ignore[arg-type]
+    with neoleads_sandbox.state.lock:
+        assert neoleads_sandbox.state.contacts[result["contact_id"]].email == "grace@example.com"
