@@ -55,9 +55,16 @@ def register(subparsers: Any) -> None:
         help=f"signing secret of the --webhook-url webhooks (default: {DEFAULT_WEBHOOK_SECRET})",
     )
     parser.add_argument(
+        "--inbox-webhook-url",
+        default=None,
+        metavar="URL",
+        help="point the API inbox's own webhook_url here: its deliveries are signed with the inbox's secret "
+        "(the other delivery path; it carries the inbox's events only)",
+    )
+    parser.add_argument(
         "--unsigned",
         action="store_true",
-        help="send webhooks without signature headers, like servers before 4.11.2",
+        help="send webhooks as servers before 4.11.2 do: no signature, timestamp or delivery-id headers",
     )
     parser.add_argument(
         "--allow-remote-webhooks",
@@ -120,11 +127,13 @@ def run_sandbox(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 print(f"error: --webhook-url {url!r}: {exc}", file=sys.stderr)
                 return 1
+        if args.inbox_webhook_url:
+            sandbox.set_inbox_webhook(sandbox.api_inbox_id, args.inbox_webhook_url)
         _print_banner(sandbox, webhooks, args)
         if not args.allow_remote_webhooks:
             from neoleads_provider.testing.delivery import is_loopback_url
 
-            for url in args.webhook_url:
+            for url in [*args.webhook_url, *([args.inbox_webhook_url] if args.inbox_webhook_url else [])]:
                 if not is_loopback_url(url):
                     print(
                         f"warning: {url} is not on this machine; its deliveries will be refused "
@@ -158,6 +167,13 @@ def _print_banner(sandbox: Any, webhooks: list[dict[str, Any]], args: argparse.N
         )
         signing = "unsigned" if args.unsigned else f"signed with the {secret_source}"
         lines.append(f"  Webhook {webhook['id']}:     {webhook['url']} (every event, {signing})")
+    if args.inbox_webhook_url:
+        signing = (
+            "unsigned" if args.unsigned else f"signed with the inbox's secret {sandbox.api_inbox_secret!r}"
+        )
+        lines.append(
+            f"  Inbox webhook:  {args.inbox_webhook_url} (API inbox {sandbox.api_inbox_id}'s events, {signing})"
+        )
     if args.auto_reply is not None:
         lines.append(f"  Auto-reply:     {args.auto_reply!r} after {args.auto_reply_delay} s")
     env = sandbox.connection_env()

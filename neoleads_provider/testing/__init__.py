@@ -7,8 +7,7 @@ as fixtures, and ``neoleads sandbox`` runs it from the command line.
 
 from __future__ import annotations
 
-from neoleads_provider.testing.server import DEFAULT_CONN_ID, NeoleadsSandbox
-from neoleads_provider.testing.state import (
+from neoleads_provider.testing.models import (
     DEFAULT_ACCOUNT_ID,
     DEFAULT_ACCOUNT_NAME,
     DEFAULT_AGENT_TOKEN,
@@ -17,6 +16,7 @@ from neoleads_provider.testing.state import (
     DEFAULT_TOKEN,
     DEFAULT_WEB_INBOX_ID,
 )
+from neoleads_provider.testing.server import DEFAULT_CONN_ID, NeoleadsSandbox
 
 __all__ = [
     "DEFAULT_ACCOUNT_ID",

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     import requests
 
-    from neoleads_provider.testing.state import Delivery
+    from neoleads_provider.testing.models import Delivery
 
 log = logging.getLogger(__name__)
 

@@ -19,15 +19,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from neoleads_provider.testing.state import (
+from neoleads_provider.testing.errors import SandboxError
+from neoleads_provider.testing.models import (
     DEFAULT_ACCOUNT_ID,
     DEFAULT_AGENT_TOKEN,
     DEFAULT_API_INBOX_ID,
     DEFAULT_TOKEN,
     DEFAULT_WEB_INBOX_ID,
-    SandboxError,
-    SandboxState,
 )
+from neoleads_provider.testing.state import SandboxState
 from neoleads_provider.webhooks import DEFAULT_HEADER_PREFIX
 
 if TYPE_CHECKING:

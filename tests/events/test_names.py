@@ -14,12 +14,12 @@ from neoleads_provider.events.names import (
     WEBHOOK_EVENTS,
 )
 from neoleads_provider.hooks import neoleads as hook_module
-from neoleads_provider.testing import state
+from neoleads_provider.testing import models as sandbox_models
 
 
 def test_every_module_checks_names_against_the_one_list() -> None:
     assert hook_module.WEBHOOK_EVENTS is WEBHOOK_EVENTS
-    assert state.ALLOWED_WEBHOOK_EVENTS is WEBHOOK_EVENTS
+    assert sandbox_models.ALLOWED_WEBHOOK_EVENTS is WEBHOOK_EVENTS
     assert event_filter.KNOWN_EVENTS is KNOWN_EVENTS
     assert set(KNOWN_EVENTS) == set(WEBHOOK_EVENTS)
     assert events.WEBHOOK_EVENTS is WEBHOOK_EVENTS

@@ -12,30 +12,19 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import requests
 from sqlalchemy import create_engine, text
 
+from neoleads_provider.events.names import INBOX_SCOPED_EVENTS
 from neoleads_provider.events.redact import REDACTED
 from neoleads_provider.exceptions import NeoleadsConfigError
 from neoleads_provider.testing import NeoleadsSandbox
-from neoleads_provider.testing.state import DEFAULT_WEBHOOK_SUBSCRIPTIONS
+from neoleads_provider.testing.models import DEFAULT_WEBHOOK_SUBSCRIPTIONS
 from tests._helpers import connection_env, free_port, post_webhook, standalone_receiver
-from tests.testing.test_sandbox import Api, Receiver
+from tests.testing._client import Api, Receiver
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def api(neoleads_sandbox: NeoleadsSandbox) -> Api:
-    return Api(neoleads_sandbox)
 
 
 # -- webhooks ---------------------------------------------------------------------------------------------------
@@ -217,7 +206,8 @@ def test_unsigned_deliveries_are_told_apart_by_their_body(receiver: Receiver, tm
         rows = conn.execute(
             text("SELECT delivery_id FROM neoleads_webhook_event WHERE event = 'message_created'")
         ).all()
-    # One stored event, keyed by the body's digest: no delivery id was sent.
+    # One stored event (the two copies are one message_created), and its delivery id is the body's digest:
+    # the old server sent none.
     assert len(rows) == 1
     assert rows[0].delivery_id.startswith("sha256:")
 
@@ -254,3 +244,70 @@ def test_the_standalone_receiver_answers_413_beyond_the_setting(tmp_path: Path) 
         status, answer = post_webhook(f"http://127.0.0.1:{port}/neoleads/webhooks/nl_limit", body, {})
     assert status == 413
     assert "2048" in json.dumps(answer)
+
+
+# -- both delivery paths from the command line -------------------------------------------------------------------
+
+
+def test_the_cli_delivers_through_the_api_inbox_s_own_webhook_signed_with_its_secret(
+    receiver: Receiver,
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from neoleads_provider.testing import DEFAULT_API_INBOX_SECRET, DEFAULT_TOKEN
+    from neoleads_provider.webhooks.verify import verify
+
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "neoleads_provider.cli", "sandbox", "--port", str(port)),
+            *("--webhook-url", f"{receiver.url}/account", "--inbox-webhook-url", f"{receiver.url}/inbox"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/api/v1/accounts/1"
+        headers = {"api_access_token": DEFAULT_TOKEN}
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                contact = requests.post(
+                    f"{base}/contacts", json={"name": "Kim", "inbox_id": 1}, headers=headers, timeout=5
+                ).json()["payload"]
+                break
+            except requests.exceptions.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"the sandbox CLI did not come up: {process.communicate()}"
+                    ) from None
+                time.sleep(0.1)
+        source_id = contact["contact_inbox"]["source_id"]
+        conversation = requests.post(
+            f"{base}/conversations", json={"source_id": source_id}, headers=headers, timeout=5
+        ).json()["id"]
+        requests.post(
+            f"{base}/conversations/{conversation}/messages",
+            json={"content": "hi"},
+            headers=headers,
+            timeout=5,
+        )
+        deadline = time.monotonic() + 10
+        while not any(path == "/inbox" for path, _, _ in receiver.received) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert f"Inbox webhook:  {receiver.url}/inbox" in stdout
+    inbox_copies = [(headers, body) for path, headers, body in receiver.received if path == "/inbox"]
+    assert inbox_copies, receiver.received
+    for copy_headers, body in inbox_copies:
+        # Signed with the inbox's own secret, as a real API inbox signs its webhook_url deliveries.
+        verify([DEFAULT_API_INBOX_SECRET], copy_headers, body, now=time.time())
+    assert {json.loads(body)["event"] for _, body in inbox_copies} <= INBOX_SCOPED_EVENTS

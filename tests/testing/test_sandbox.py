@@ -12,10 +12,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -28,6 +26,7 @@ from neoleads_provider.testing import (
     NeoleadsSandbox,
 )
 from neoleads_provider.webhooks.verify import NoMatchingSignatureError, verify
+from tests.testing._client import Api, Receiver
 
 NOT_FOUND = {"error": "Resource could not be found"}
 NOT_AUTHORIZED = {"error": "You are not authorized to do this action"}
@@ -37,95 +36,6 @@ SERVER_ERROR = {"status": 500, "error": "Internal Server Error"}
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------
-
-
-class Api:
-    """A tiny client: paths are relative to the account unless they start with ``/``."""
-
-    def __init__(self, sandbox: NeoleadsSandbox, token: str | None = DEFAULT_TOKEN) -> None:
-        self.base = sandbox.url
-        self.account = f"{sandbox.url}/api/v1/accounts/{sandbox.account_id}"
-        self.session = requests.Session()
-        self.session.trust_env = False
-        if token is not None:
-            self.session.headers["api_access_token"] = token
-
-    def url(self, path: str) -> str:
-        return self.base + path if path.startswith("/") else f"{self.account}/{path}"
-
-    def get(self, path: str, **kwargs) -> requests.Response:
-        return self.session.get(self.url(path), timeout=10, **kwargs)
-
-    def post(self, path: str, **kwargs) -> requests.Response:
-        return self.session.post(self.url(path), timeout=10, **kwargs)
-
-    def patch(self, path: str, **kwargs) -> requests.Response:
-        return self.session.patch(self.url(path), timeout=10, **kwargs)
-
-    def delete(self, path: str, **kwargs) -> requests.Response:
-        return self.session.delete(self.url(path), timeout=10, **kwargs)
-
-    def contact(self, **fields) -> dict:
-        response = self.post("contacts", json=fields)
-        assert response.status_code == 200, response.text
-        return response.json()["payload"]
-
-    def conversation(self, **fields) -> dict:
-        response = self.post("conversations", json=fields)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def message(self, conversation_id: int, **fields) -> dict:
-        response = self.post(f"conversations/{conversation_id}/messages", json=fields)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that records each POST and answers with ``status``."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, str], bytes]] = []
-        self.status = 200
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                outer.received.append((self.path, dict(self.headers.items()), body))
-                self.send_response(outer.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def bodies(self, path: str | None = None) -> list[dict]:
-        return [json.loads(body) for p, _, body in self.received if path is None or p == path]
-
-    def events(self, path: str | None = None) -> list[str]:
-        return [body["event"] for body in self.bodies(path)]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver():
-    server = Receiver()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def api(neoleads_sandbox: NeoleadsSandbox) -> Api:
-    return Api(neoleads_sandbox)
 
 
 def free_port() -> int:

@@ -1,0 +1,1 @@
+"""The Neoleads API resources: per resource, its SandboxState mixin and its router factory."""
