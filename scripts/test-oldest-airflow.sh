@@ -26,12 +26,15 @@ version=${AIRFLOW_VERSION:-$oldest}
 venv=${OLDEST_AIRFLOW_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/neoleads/venv-airflow-$version}
 
 # What the release was built against where today's versions broke it (no constraint files are reachable
-# here). structlog 25.5 dropped structlog.dev.Styles, which Airflow 3.1.0's logging imports.
+# here). structlog 25.5 dropped structlog.dev.Styles, which Airflow 3.1.0's logging imports; cryptography 51
+# made MultiFernet refuse new attributes, and 3.1.0's get_fernet() sets one on it (every connection with a
+# password then fails to load).
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 cat >"$constraints" <<EOF
 apache-airflow==$version
 structlog<25.5
+cryptography<51
 EOF
 
 # Reinstall the dependencies only when the release, the pins or pyproject.toml changed.

@@ -198,9 +198,6 @@ def api_server(tmp_path_factory, neoleads_sandbox_server: Any) -> Iterator[tuple
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
         # Airflow 3.1.0 signs its tokens with issuer None, which today's PyJWT refuses.
         AIRFLOW__API_AUTH__JWT_ISSUER="neoleads-tests",
-        # And 3.1 sets an attribute on cryptography's MultiFernet, which cryptography 51 no longer allows: there
-        # the test connections are stored unencrypted; later releases encrypt them as usual.
-        **({"AIRFLOW__CORE__FERNET_KEY": ""} if AIRFLOW_VERSION < (3, 2, 0) else {}),
     )
     setup = subprocess.run(
         [sys.executable, "-c", setup_script], env=env, capture_output=True, text=True, timeout=240

@@ -58,6 +58,8 @@ class NeoleadsSandbox:
     :param webhook_timeout: seconds before a delivery gives up (the real default is 5).
     :param allow_remote_webhooks: deliver webhooks to hosts other than this machine (off by default, so
         placeholder URLs in tests never cause outside traffic; such deliveries are logged as refused).
+    :param inbox_events: fire ``inbox_created`` when an inbox is created. The real server does only with its
+        ``ENABLE_INBOX_EVENTS`` setting on, so off by default here too.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class NeoleadsSandbox:
         agent_token: str = DEFAULT_AGENT_TOKEN,
         webhook_timeout: float = 5.0,
         allow_remote_webhooks: bool = False,
+        inbox_events: bool = False,
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be a whole number from 0 to 65535, got {port!r}")
@@ -99,6 +102,7 @@ class NeoleadsSandbox:
             account_id=account_id,
             auto_reply=auto_reply,
             auto_reply_delay=auto_reply_delay,
+            inbox_events=inbox_events,
         )
 
     def __repr__(self) -> str:

@@ -103,6 +103,7 @@ class SandboxState(
         sink: Callable[[list[Delivery]], None] | None = None,
         auto_reply: str | None = None,
         auto_reply_delay: float = 0.5,
+        inbox_events: bool = False,
     ) -> None:
         if not token or not agent_token or token == agent_token:
             raise ValueError("token and agent_token must be two different non-empty strings")
@@ -113,6 +114,8 @@ class SandboxState(
         self.agent_token = agent_token
         self.account_id = account_id
         self.sink = sink
+        #: Fire inbox_created, as a server with ENABLE_INBOX_EVENTS does (off by default there too).
+        self.inbox_events = inbox_events
         #: Base URL used for attachment links; the server sets it once it knows its port.
         self.base_url = "http://127.0.0.1"
         self.auto_reply: str | None = None

@@ -107,7 +107,17 @@ def parse_time(value: Any) -> float | None:
     return moment.timestamp()
 
 
+# FileTypeHelper (app/helpers/file_type_helper.rb): the types the web app can preview; any other image or
+# video (svg, tiff, heic, avi...) is a plain file.
+PREVIEWABLE_IMAGES = frozenset({"image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp"})
+PREVIEWABLE_VIDEOS = frozenset({"video/ogg", "video/mp4", "video/webm", "video/quicktime"})
+
+
 def file_type(content_type: str | None) -> str:
-    """Map a MIME type to Chatwoot's attachment ``file_type``."""
-    major = (content_type or "").split("/", 1)[0]
-    return major if major in ("image", "audio", "video") else "file"
+    """Map a MIME type to Chatwoot's attachment ``file_type``, as ``FileTypeHelper#file_type`` does."""
+    content_type = content_type or ""
+    if content_type in PREVIEWABLE_IMAGES:
+        return "image"
+    if content_type in PREVIEWABLE_VIDEOS:
+        return "video"
+    return "audio" if "audio/" in content_type else "file"

@@ -132,9 +132,27 @@ def test_a_website_inbox_fills_the_widget_keys(api: Api) -> None:
 # -- inbox events: credentials in clear from the server, never in the store -------------------------------------
 
 
-def test_inbox_created_is_stored_without_the_channel_s_secrets(
-    neoleads_sandbox: NeoleadsSandbox, api: Api, receiver: Receiver, tmp_path: Path
+def test_inbox_created_fires_only_as_with_the_server_s_enable_inbox_events(
+    neoleads_sandbox: NeoleadsSandbox, api: Api, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    neoleads_sandbox.add_webhook(f"{receiver.url}/account", subscriptions=["inbox_created"])
+    api.post("inboxes", json={"name": "Quiet", "channel": {"type": "api"}})
+    neoleads_sandbox.wait_for_deliveries(10)
+    assert receiver.received == []
+    monkeypatch.setattr(neoleads_sandbox.state, "inbox_events", True)
+    api.post("inboxes", json={"name": "Announced", "channel": {"type": "api"}})
+    neoleads_sandbox.wait_for_deliveries(10)
+    assert receiver.events() == ["inbox_created"]
+
+
+def test_inbox_created_is_stored_without_the_channel_s_secrets(
+    neoleads_sandbox: NeoleadsSandbox,
+    api: Api,
+    receiver: Receiver,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(neoleads_sandbox.state, "inbox_events", True)
     neoleads_sandbox.add_webhook(f"{receiver.url}/account", subscriptions=["inbox_created"])
     created = api.post("inboxes", json={"name": "Outreach", "channel": {"type": "api"}}).json()
     neoleads_sandbox.wait_for_deliveries(10)
@@ -311,3 +329,39 @@ def test_the_cli_delivers_through_the_api_inbox_s_own_webhook_signed_with_its_se
         # Signed with the inbox's own secret, as a real API inbox signs its webhook_url deliveries.
         verify([DEFAULT_API_INBOX_SECRET], copy_headers, body, now=time.time())
     assert {json.loads(body)["event"] for _, body in inbox_copies} <= INBOX_SCOPED_EVENTS
+
+
+# -- contacts and attachments -----------------------------------------------------------------------------------
+
+
+def test_a_contact_s_avatar_url_is_not_saved_as_its_thumbnail(api: Api) -> None:
+    # The server drops avatar_url from what it saves and fetches the image in a background job.
+    contact = api.contact(name="Pat", email="pat@example.com", avatar_url="https://example.com/pat.png")[
+        "contact"
+    ]
+    assert contact["thumbnail"] == ""
+    assert api.get(f"contacts/{contact['id']}").json()["payload"]["thumbnail"] == ""
+
+
+@pytest.mark.parametrize(
+    ("content_type", "expected"),
+    [
+        ("image/png", "image"),
+        ("image/svg+xml", "file"),
+        ("image/heic", "file"),
+        ("video/mp4", "video"),
+        ("video/x-msvideo", "file"),
+        ("audio/mpeg", "audio"),
+        ("application/pdf", "file"),
+    ],
+)
+def test_an_attachment_s_file_type_is_the_server_s(api: Api, content_type: str, expected: str) -> None:
+    contact = api.contact(name="Lou", email="lou@example.com", inbox_id=1)
+    conversation = api.conversation(source_id=contact["contact_inbox"]["source_id"])["id"]
+    response = api.post(
+        f"conversations/{conversation}/messages",
+        data={"content": "see attached"},
+        files={"attachments[]": ("file", b"0123456789", content_type)},
+    )
+    assert response.status_code == 200, response.text
+    assert [item["file_type"] for item in response.json()["attachments"]] == [expected]

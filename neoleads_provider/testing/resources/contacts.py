@@ -127,8 +127,8 @@ class ContactsMixin:
             contact.email = contact.email.lower()
         if "blocked" in params and cast_bool(params["blocked"]) is not None:
             contact.blocked = bool(cast_bool(params["blocked"]))
-        if "avatar_url" in params:
-            contact.avatar_url = scalar_string(params.get("avatar_url")) or ""
+        # avatar_url is not saved: the server fetches the image in a background job (which the sandbox has
+        # no image to imitate with), so the answer's thumbnail stays "".
         for attribute in ("additional_attributes", "custom_attributes"):
             value = params.get(attribute)
             if isinstance(value, dict):

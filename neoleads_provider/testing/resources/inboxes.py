@@ -121,7 +121,8 @@ class InboxesMixin:
             inbox.id = self._id("inbox")
             inbox.channel_id = self._id("channel")
             self.inboxes[inbox.id] = inbox
-            self._emit("inbox_created", self._inbox_event_data(inbox), inbox=None)
+            if self.inbox_events:
+                self._emit("inbox_created", self._inbox_event_data(inbox), inbox=None)
             return self.render_inbox(inbox, admin=True)
 
     @staticmethod
