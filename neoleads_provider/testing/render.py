@@ -320,6 +320,25 @@ class RenderMixin:
         user = self.users.get(conversation.assignee_id or -1)
         return self._user_push_data(user) if user is not None else None
 
+    def _agent_data(self: SandboxState, conversation: Conversation) -> dict[str, Any] | None:
+        """The REST conversation's assignee: ``_agent.json.jbuilder``, with the agent's email and role."""
+        user = self.users.get(conversation.assignee_id or -1)
+        if user is None:
+            return None
+        return {
+            "id": user.id,
+            "account_id": conversation.account_id,
+            "availability_status": "online",
+            "auto_offline": True,
+            "confirmed": True,
+            "email": user.email,
+            "provider": "email",
+            "available_name": user.name,
+            "name": user.name,
+            "role": user.roles.get(conversation.account_id, "agent"),
+            "thumbnail": "",
+        }
+
     def render_conversation(self: SandboxState, conversation: Conversation) -> dict[str, Any]:
         """Render the REST conversation partial: flat, ``id`` is the display id."""
         contact = self.contacts[conversation.contact_id]
@@ -330,7 +349,7 @@ class RenderMixin:
             "channel": inbox.channel_type,
             "hmac_verified": bool(contact_inbox and contact_inbox.hmac_verified),
         }
-        assignee = self._assignee_data(conversation)
+        assignee = self._agent_data(conversation)
         if assignee is not None:
             meta["assignee"] = assignee
             meta["assignee_type"] = "User"

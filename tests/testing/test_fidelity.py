@@ -365,3 +365,38 @@ def test_an_attachment_s_file_type_is_the_server_s(api: Api, content_type: str, 
     )
     assert response.status_code == 200, response.text
     assert [item["file_type"] for item in response.json()["attachments"]] == [expected]
+
+
+# -- conversations: the assignee, and a first message into a locked single conversation -------------------------
+
+
+def test_the_rest_conversation_s_assignee_is_the_agent_partial(api: Api) -> None:
+    contact = api.contact(name="Ray", email="ray@example.com", inbox_id=1)
+    created = api.conversation(source_id=contact["contact_inbox"]["source_id"], assignee_id=1)
+    assignee = api.get(f"conversations/{created['id']}").json()["meta"]["assignee"]
+    assert list(assignee) == [
+        "id",
+        "account_id",
+        "availability_status",
+        "auto_offline",
+        "confirmed",
+        "email",
+        "provider",
+        "available_name",
+        "name",
+        "role",
+        "thumbnail",
+    ]
+    assert (assignee["id"], assignee["role"]) == (1, "administrator")
+    assert "@" in assignee["email"]
+
+
+def test_a_locked_inbox_adds_the_first_message_to_the_contact_s_last_conversation(api: Api) -> None:
+    assert api.patch("inboxes/1", json={"lock_to_single_conversation": True}).status_code == 200
+    contact = api.contact(name="Eve", email="eve@example.com", inbox_id=1)
+    source_id = contact["contact_inbox"]["source_id"]
+    first = api.conversation(source_id=source_id, message={"content": "first"})
+    again = api.conversation(source_id=source_id, message={"content": "second"})
+    assert again["id"] == first["id"]
+    contents = [m["content"] for m in api.get(f"conversations/{first['id']}/messages").json()["payload"]]
+    assert contents[-2:] == ["first", "second"]

@@ -66,7 +66,14 @@ class ConversationsMixin:
                     item for item in self.conversations.values() if item.contact_inbox_id == contact_inbox.id
                 ]
                 if existing:
-                    return self.render_conversation(existing[-1])
+                    # The builder hands back the contact's last conversation, and the controller still adds
+                    # the first message to it (conversations_controller#create).
+                    conversation = existing[-1]
+                    if message_params is not None:
+                        draft = self._message_draft(caller, inbox, message_params, uploads=())
+                        added = self._store_message(conversation, draft, caller.user)
+                        self._after_message(conversation, added, from_api=True)
+                    return self.render_conversation(conversation)
             if contact.blocked:
                 status = "resolved"
             elif not present(status):
