@@ -73,7 +73,7 @@ def test_bad_arguments_name_the_field(neoleads_connection: str) -> None:
     with pytest.raises(NeoleadsConfigError, match=r"conversation_id must be a whole number, got 'seven'"):
         NeoleadsNotifier(conversation_id="seven", content="x")({})
     with pytest.raises(NeoleadsConfigError, match="rendered to an empty text"):
-        NeoleadsNotifier(conversation_id=1, content="{{ nothing }}")({})
+        NeoleadsNotifier(conversation_id=1, content="  ")({})
 
 
 def test_a_missing_conversation_is_named(neoleads_connection: str) -> None:

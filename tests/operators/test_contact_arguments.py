@@ -59,6 +59,7 @@ def test_contact_email_reaches_the_server_as_the_contact_s_email(
     operator = NeoleadsCreateContactOperator(
         task_id="f", name="Grace", contact_email="grace@example.com", inbox_id=1
     )
+
     class TaskInstance:
         def xcom_push(self, key: str, value: object) -> None:
             pass

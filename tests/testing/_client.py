@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 import requests
 
 from neoleads_provider.testing import DEFAULT_TOKEN, NeoleadsSandbox
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 class Api:
@@ -86,3 +91,22 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def wait_for_sandbox_cli(process: subprocess.Popen[str], port: int, timeout: float = 30) -> requests.Response:
+    """Poll ``neoleads sandbox`` on ``port`` until its API answers; return the profile response.
+
+    :raises AssertionError: with the process's output, if it exits or ``timeout`` passes first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return requests.get(
+                f"http://127.0.0.1:{port}/api/v1/profile",
+                headers={"api_access_token": DEFAULT_TOKEN},
+                timeout=2,
+            )
+        except requests.exceptions.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the sandbox CLI did not come up: {process.communicate()}") from None
+            time.sleep(0.1)

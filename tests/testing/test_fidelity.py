@@ -21,7 +21,7 @@ from neoleads_provider.exceptions import NeoleadsConfigError
 from neoleads_provider.testing import NeoleadsSandbox
 from neoleads_provider.testing.models import DEFAULT_WEBHOOK_SUBSCRIPTIONS
 from tests._helpers import connection_env, free_port, post_webhook, standalone_receiver
-from tests.testing._client import Api, Receiver
+from tests.testing._client import Api, Receiver, wait_for_sandbox_cli
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -290,19 +290,10 @@ def test_the_cli_delivers_through_the_api_inbox_s_own_webhook_signed_with_its_se
     try:
         base = f"http://127.0.0.1:{port}/api/v1/accounts/1"
         headers = {"api_access_token": DEFAULT_TOKEN}
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                contact = requests.post(
-                    f"{base}/contacts", json={"name": "Kim", "inbox_id": 1}, headers=headers, timeout=5
-                ).json()["payload"]
-                break
-            except requests.exceptions.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"the sandbox CLI did not come up: {process.communicate()}"
-                    ) from None
-                time.sleep(0.1)
+        wait_for_sandbox_cli(process, port)
+        contact = requests.post(
+            f"{base}/contacts", json={"name": "Kim", "inbox_id": 1}, headers=headers, timeout=5
+        ).json()["payload"]
         source_id = contact["contact_inbox"]["source_id"]
         conversation = requests.post(
             f"{base}/conversations", json={"source_id": source_id}, headers=headers, timeout=5

@@ -26,7 +26,7 @@ from neoleads_provider.testing import (
     NeoleadsSandbox,
 )
 from neoleads_provider.webhooks.verify import NoMatchingSignatureError, verify
-from tests.testing._client import Api, Receiver
+from tests.testing._client import Api, Receiver, wait_for_sandbox_cli
 
 NOT_FOUND = {"error": "Resource could not be found"}
 NOT_AUTHORIZED = {"error": "You are not authorized to do this action"}
@@ -999,21 +999,7 @@ def test_cli_serves_until_sigterm() -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                response = requests.get(
-                    f"http://127.0.0.1:{port}/api/v1/profile",
-                    headers={"api_access_token": DEFAULT_TOKEN},
-                    timeout=2,
-                )
-                break
-            except requests.exceptions.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"the sandbox CLI did not come up: {process.communicate()}"
-                    ) from None
-                time.sleep(0.1)
+        response = wait_for_sandbox_cli(process, port)
         assert response.status_code == 200
         assert response.json()["access_token"] == DEFAULT_TOKEN
         process.send_signal(signal.SIGTERM)
