@@ -13,7 +13,7 @@ from neoleads_provider.events.names import (
     MESSAGE_TYPES,
     WEBHOOK_EVENTS,
 )
-from neoleads_provider.hooks import neoleads as hook_module
+from neoleads_provider.hooks import webhooks as hook_module
 from neoleads_provider.testing import models as sandbox_models
 
 
