@@ -41,8 +41,6 @@ class ContactFields(ContactLookup):
 class ContactsApi(NeoleadsHookBase):
     """Contacts of the connection's account (``/contacts``)."""
 
-    # ------------------------------------------------------------------ contacts
-
     def create_contact(
         self,
         *,

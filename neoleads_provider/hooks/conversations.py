@@ -7,9 +7,7 @@ import mimetypes
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from neoleads_provider.exceptions import (
-    NeoleadsConfigError,
-)
+from neoleads_provider.exceptions import NeoleadsConfigError
 from neoleads_provider.hooks.base import (
     CONVERSATION_STATUSES,
     MAX_ATTACHMENTS,
@@ -24,8 +22,6 @@ if TYPE_CHECKING:
 
 class ConversationsApi(NeoleadsHookBase):
     """Conversations (by display id) and their messages."""
-
-    # ------------------------------------------------------------------ conversations
 
     def create_conversation(
         self,

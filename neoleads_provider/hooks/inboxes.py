@@ -10,8 +10,6 @@ from neoleads_provider.hooks.base import NeoleadsHookBase, without_none
 class InboxesApi(NeoleadsHookBase):
     """Inboxes of the connection's account (``/inboxes``)."""
 
-    # ------------------------------------------------------------------ inboxes
-
     def list_inboxes(self) -> list[dict[str, Any]]:
         """All inboxes the token can see. API inboxes have ``channel_type == "Channel::Api"``."""
         return list(self.request("GET", "inboxes")["payload"])

@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from neoleads_provider.events.names import WEBHOOK_EVENTS
-from neoleads_provider.exceptions import (
-    NeoleadsConfigError,
-)
+from neoleads_provider.exceptions import NeoleadsConfigError
 from neoleads_provider.hooks.base import NeoleadsHookBase, without_none
 
 if TYPE_CHECKING:
@@ -16,8 +14,6 @@ if TYPE_CHECKING:
 
 class WebhooksApi(NeoleadsHookBase):
     """Account webhooks, signed with a server-generated secret."""
-
-    # ------------------------------------------------------------------ account webhooks
 
     def list_webhooks(self) -> list[dict[str, Any]]:
         """The account's webhooks (administrator token), each with its signing ``secret``."""
