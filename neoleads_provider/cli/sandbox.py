@@ -106,11 +106,21 @@ def run_sandbox(args: argparse.Namespace) -> int:
             header_prefix=args.header_prefix,
             allow_remote_webhooks=args.allow_remote_webhooks,
         )
-        sandbox.start()
-    except (ValueError, RuntimeError) as exc:
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    # Webhooks first, then the port: a request that arrives the moment it opens already finds them.
+    webhooks = []
+    for url in args.webhook_url:
+        try:
+            webhooks.append(sandbox.add_webhook(url, secret=args.webhook_secret or DEFAULT_WEBHOOK_SECRET))
+        except ValueError as exc:
+            print(f"error: --webhook-url {url!r}: {exc}", file=sys.stderr)
+            return 1
+    if args.inbox_webhook_url:
+        sandbox.set_inbox_webhook(sandbox.api_inbox_id, args.inbox_webhook_url)
 
+    # And the signal handlers before the port opens: a SIGTERM right after must stop it cleanly.
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -118,17 +128,11 @@ def run_sandbox(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        webhooks = []
-        for url in args.webhook_url:
-            try:
-                webhooks.append(
-                    sandbox.add_webhook(url, secret=args.webhook_secret or DEFAULT_WEBHOOK_SECRET)
-                )
-            except ValueError as exc:
-                print(f"error: --webhook-url {url!r}: {exc}", file=sys.stderr)
-                return 1
-        if args.inbox_webhook_url:
-            sandbox.set_inbox_webhook(sandbox.api_inbox_id, args.inbox_webhook_url)
+        try:
+            sandbox.start()
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         _print_banner(sandbox, webhooks, args)
         if not args.allow_remote_webhooks:
             from neoleads_provider.testing.delivery import is_loopback_url
