@@ -391,3 +391,27 @@ def test_a_locked_inbox_adds_the_first_message_to_the_contact_s_last_conversatio
     assert again["id"] == first["id"]
     contents = [m["content"] for m in api.get(f"conversations/{first['id']}/messages").json()["payload"]]
     assert contents[-2:] == ["first", "second"]
+
+
+def test_a_first_message_that_fails_validation_is_the_record_invalid_422(
+    neoleads_sandbox: NeoleadsSandbox, api: Api
+) -> None:
+    contact = api.contact(name="Val", email="val@example.com", inbox_id=1)
+    before = len(neoleads_sandbox.state.conversations)
+    refused = api.post(
+        "conversations",
+        json={"source_id": contact["contact_inbox"]["source_id"], "message": {"content": "x" * 150_001}},
+    )
+    assert (refused.status_code, refused.json()) == (
+        422,
+        {"message": "Content is too long (maximum is 150000 characters)", "attributes": ["content"]},
+    )
+    # One transaction: no conversation either.
+    assert len(neoleads_sandbox.state.conversations) == before
+
+
+def test_content_attributes_that_are_not_json_are_read_as_none(api: Api) -> None:
+    contact = api.contact(name="Jay", email="jay@example.com", inbox_id=1)
+    conversation = api.conversation(source_id=contact["contact_inbox"]["source_id"])["id"]
+    message = api.message(conversation, content="hi", content_attributes="{not json")
+    assert message["content_attributes"] == {}

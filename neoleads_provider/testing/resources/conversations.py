@@ -13,6 +13,7 @@ from neoleads_provider.testing.errors import (
     SandboxError,
     not_authorized,
     not_found,
+    record_invalid,
     server_error,
     unprocessable,
 )
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 
     from neoleads_provider.testing.routing import RouteContext, SandboxRouter
     from neoleads_provider.testing.state import SandboxState
+
+
+# How the message model's content validation fails (messages.py): the one a first message can fail.
+CONTENT_INVALID = "Validation failed: Content "
 
 
 class ConversationsMixin:
@@ -127,10 +132,14 @@ class ConversationsMixin:
         if message_params is not None:
             if not isinstance(message_params, dict):
                 raise server_error()
-            # Conversation and first message share one transaction: a bad message creates nothing.
+            # Conversation and first message share one transaction: a bad message creates nothing. A failed
+            # model validation is the app-wide RecordInvalid 422; anything else the controller lets become a 500.
             try:
                 self._message_draft(caller, inbox, message_params, uploads=())
             except SandboxError as exc:
+                error = str((exc.body or {}).get("error") or "")
+                if error.startswith(CONTENT_INVALID):
+                    raise record_invalid([("content", error.removeprefix("Validation failed: "))]) from exc
                 raise server_error() from exc
         return message_params
 

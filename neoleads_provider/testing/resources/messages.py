@@ -268,7 +268,8 @@ def _content_attributes(content_attributes: Any) -> dict[str, Any]:
             try:
                 content_attributes = json.loads(content_attributes)
             except ValueError:
-                raise unprocessable("content_attributes is not valid JSON") from None
+                # MessageBuilder#safe_parse_json: text that is not JSON is read as no attributes.
+                content_attributes = {}
         else:
             content_attributes = {}
     if content_attributes is None:
