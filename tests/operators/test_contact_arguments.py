@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import inspect
 
-from airflow.sdk import BaseOperator
+import pytest
+from airflow.sdk import DAG, BaseOperator
 
+import neoleads_provider.operators as operators
+from neoleads_provider.exceptions import NeoleadsConfigError
 from neoleads_provider.operators import NeoleadsCreateContactOperator
+from neoleads_provider.sensors.webhook import NeoleadsWebhookSensor
 
 
 def test_the_contact_s_email_never_becomes_airflow_s_alert_address() -> None:
     # BaseOperator's `email` is where Airflow sends failure alerts, and default_args often set it.
-    from airflow.sdk import DAG
-
     with DAG("alerts", default_args={"email": ["ops@example.com"], "email_on_failure": True}, schedule=None):
         by_default = NeoleadsCreateContactOperator(task_id="a", name="Ada", inbox_id=1)
         explicit = NeoleadsCreateContactOperator(
@@ -26,9 +28,6 @@ def test_the_contact_s_email_never_becomes_airflow_s_alert_address() -> None:
 
 
 def test_no_operator_argument_shadows_one_of_base_operator() -> None:
-    import neoleads_provider.operators as operators
-    from neoleads_provider.sensors.webhook import NeoleadsWebhookSensor
-
     airflow_own = set(inspect.signature(BaseOperator.__init__).parameters) | set(dir(BaseOperator))
     classes = [getattr(operators, name) for name in operators.__all__ if name.endswith("Operator")]
     for cls in [*classes, NeoleadsWebhookSensor]:
@@ -37,10 +36,6 @@ def test_no_operator_argument_shadows_one_of_base_operator() -> None:
 
 
 def test_the_old_email_argument_is_refused_with_what_to_write_instead() -> None:
-    import pytest
-
-    from neoleads_provider.exceptions import NeoleadsConfigError
-
     with pytest.raises(
         NeoleadsConfigError, match=r"email='ada@example.com' is Airflow's address .* contact_email="
     ):
